@@ -1,0 +1,117 @@
+"""The exact engine against the naive brute force of tests/brute.py, and properties it must have."""
+
+import numpy as np
+import pytest
+import torch
+
+import patchdb
+from patchdb.score import ExactMachine
+from patchdb.errors import PatchdbError
+from brute import brute_denoise
+
+MACHINES = ["is", "ls", "els", "bbels"]
+
+
+def random_case(seed, n=10, c=1, h=6, w=6, batch=2, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, c, h, w, generator=g, dtype=torch.float64) * 2 - 1
+    x = torch.randn(batch, c, h, w, generator=g, dtype=torch.float64)
+    labels = torch.arange(n) % 3
+    return x.to(dtype), images.to(dtype), labels
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+@pytest.mark.parametrize("shape,k", [((1, 6, 6), 1), ((1, 6, 6), 3), ((3, 6, 6), 5), ((1, 9, 9), 3),
+                                     ((3, 9, 9), 5), ((1, 9, 7), 5), ((1, 6, 6), 7)])
+@pytest.mark.parametrize("t", [0.3, 0.9])
+def test_matches_brute_force_float64(machine, shape, k, t):
+    c, h, w = shape
+    x, images, _ = random_case(k * 100 + h + c, c=c, h=h, w=w)
+    got = patchdb.denoise(x, t, k, images, machine)
+    want = brute_denoise(x.numpy(), t, k, images.numpy(), machine)
+    assert got.dtype == torch.float64
+    assert np.abs(got.numpy() - want).max() < 1e-7
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+@pytest.mark.parametrize("label", [0, 2])
+def test_conditional_matches_brute_force(machine, label):
+    x, images, labels = random_case(7, c=3, h=7, w=7)
+    got = patchdb.denoise(x, 0.5, 3, images, machine, labels=labels, label=label)
+    want = brute_denoise(x.numpy(), 0.5, 3, images.numpy(), machine, labels=labels.numpy(), label=label)
+    assert np.abs(got.numpy() - want).max() < 1e-7
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+@pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
+def test_float32_matches_brute_force(machine, t):
+    x, images, _ = random_case(11, c=3, h=8, w=8)
+    got = patchdb.denoise(x.float(), t, 5, images.float(), machine)
+    want = brute_denoise(x.float().double().numpy(), t, 5, images.float().double().numpy(), machine)
+    assert got.dtype == torch.float32
+    assert np.abs(got.double().numpy() - want).max() < 2e-4
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+def test_block_size_does_not_change_result(machine):
+    x, images, _ = random_case(3, n=23, c=1, h=8, w=8, batch=3)
+    results = [ExactMachine(images, machine, block_bytes=b).denoise(x, 0.4, k=3) for b in (1, 5000, 2**30)]
+    for r in results[1:]:
+        assert torch.allclose(r, results[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("machine", ["ls", "els", "bbels"])
+def test_low_noise_returns_nearest_candidate_centre(machine):
+    # Query = a training image with a small perturbation: at tiny t each window's nearest candidate
+    # is the same window of that image (for ELS: with wrap-around only where it is inside).
+    x, images, _ = random_case(5, n=6, c=1, h=7, w=7, batch=1)
+    clean = images[2:3] + 1e-3 * torch.randn(1, 1, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = 1e-3
+    a, _ = patchdb.alpha_sigma(t)
+    got = patchdb.denoise(clean * a, t, 3, images, machine)
+    want = brute_denoise((clean * a).numpy(), t, 3, images.numpy(), machine)
+    # The brute force at the same t is an argmin here; compare to the training pixels directly too.
+    assert np.abs(got.numpy() - want).max() < 1e-6
+    if machine != "els":
+        assert torch.allclose(got, images[2:3], atol=1e-6)
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+def test_output_within_range_of_candidate_centres(machine):
+    x, images, _ = random_case(9, n=12, c=2, h=8, w=8, batch=4)
+    got = patchdb.denoise(x * 3, 0.7, 3, images, machine)
+    lo = images.amin(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    hi = images.amax(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    assert (got >= lo - 1e-12).all() and (got <= hi + 1e-12).all()
+
+
+def test_batch_rows_are_independent():
+    x, images, _ = random_case(13, n=9, c=1, h=8, w=8, batch=4)
+    both = patchdb.denoise(x, 0.5, 5, images, "bbels")
+    one = patchdb.denoise(x[2:3], 0.5, 5, images, "bbels")
+    assert torch.allclose(both[2:3], one, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(k=4), "odd"),
+    (dict(k=0), "odd"),
+    (dict(machine="foo"), "unknown machine"),
+    (dict(t=0.0), "outside"),
+    (dict(label=7), "out of range"),
+])
+def test_bad_input_one_line_errors(bad, match):
+    x, images, labels = random_case(1)
+    args = dict(x=x, t=0.5, k=3, images=images, machine="els", labels=labels, label=None)
+    args.update(bad)
+    with pytest.raises(PatchdbError, match=match) as err:
+        patchdb.denoise(**args)
+    assert "\n" not in str(err.value)
+
+
+def test_nan_and_shape_errors():
+    x, images, _ = random_case(1)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(PatchdbError, match="NaN"):
+        patchdb.denoise(x, 0.5, 3, images, "els")
+    with pytest.raises(PatchdbError, match="shape"):
+        patchdb.denoise(torch.zeros(1, 1, 5, 5, dtype=torch.float64), 0.5, 3, images, "els")
