@@ -1,0 +1,159 @@
+"""HDF5 files patchdb writes: stamps, atomic writes, checked opening, and the sample file layout.
+
+Every file carries ``format``, ``format-version``, ``generated-by``, ``creation-date`` and a JSON
+``metadata`` attribute (cooler's habit). Files are written under a temporary name in the same
+folder and renamed into place only when complete, so a killed writer never leaves a file that
+looks valid under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import torch
+
+from .errors import PatchdbError, PatchdbFileError
+
+SAMPLES_FORMAT = "patchdb-samples"
+SAMPLES_VERSION = 1
+
+
+def generated_by() -> str:
+    from . import __version__
+
+    return f"patchdb {__version__}"
+
+
+def library_versions() -> dict:
+    import faiss  # noqa: F401  (imported lazily: only files that hold indexes need it)
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "faiss": getattr(faiss, "__version__", "unknown"),
+    }
+
+
+def stamp(f: h5py.File, fmt: str, version: int, metadata: dict) -> None:
+    """Write the identifying attributes every patchdb file carries."""
+    f.attrs["format"] = fmt
+    f.attrs["format-version"] = version
+    f.attrs["generated-by"] = generated_by()
+    f.attrs["creation-date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    f.attrs["metadata"] = json.dumps(metadata, sort_keys=True, default=str)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early, with one line, if ``path`` cannot be written (before any long computation)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise PatchdbError(f"output path {path} is a folder; give a file name such as {path / 'out.h5'}")
+    if not folder.exists():
+        raise PatchdbError(f"output folder {folder} does not exist; create it or choose another --out")
+    if not os.access(folder, os.W_OK):
+        raise PatchdbError(f"output folder {folder} is not writable; choose another --out")
+    return path
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    On any exception, Ctrl-C included, the temporary file is removed and ``path`` is untouched.
+    """
+    path = check_writable(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | os.PathLike, fmt: str, version: int, metadata: dict) -> Iterator[h5py.File]:
+    """An HDF5 file opened for writing under a temporary name, stamped, renamed on success."""
+    with atomic_write(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            stamp(f, fmt, version, metadata)
+            yield f
+
+
+def open_checked(path: str | os.PathLike, fmt: str, max_version: int) -> h5py.File:
+    """Open a patchdb file for reading; one-line errors for missing, corrupt, foreign or newer files."""
+    path = Path(path)
+    if not path.exists():
+        raise PatchdbFileError(f"file {path} does not exist; check the path")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise PatchdbError(f"{path} is not a readable HDF5 file (truncated or corrupted?); rebuild it") from None
+    found = f.attrs.get("format")
+    if found != fmt:
+        f.close()
+        what = f"a '{found}' file" if found else "not a patchdb file"
+        raise PatchdbError(f"{path} is {what}, expected '{fmt}'; pass the right file")
+    version = int(f.attrs.get("format-version", -1))
+    if version > max_version:
+        f.close()
+        raise PatchdbError(
+            f"{path} has format version {version}, newer than this patchdb reads ({max_version}); upgrade patchdb"
+        )
+    return f
+
+
+def metadata(f: h5py.File) -> dict:
+    return json.loads(f.attrs.get("metadata", "{}"))
+
+
+def write_samples(
+    path: str | os.PathLike,
+    samples: torch.Tensor,
+    seeds: list[int],
+    labels: torch.Tensor | None,
+    schedule: list[int] | None,
+    settings: dict,
+    trajectory: torch.Tensor | None = None,
+) -> Path:
+    """Write a sample file atomically.
+
+    Layout: ``samples`` (B, C, H, W) float32 in [-1, 1]; ``seeds`` (B,) int64, the seed of each
+    image's initial noise; ``labels`` (B,) int64, -1 where unconditional; ``schedule`` (S,) patch
+    sizes, ``scales[0]`` first (absent for IS and networks); ``trajectory`` (S, B, C, H, W), the
+    denoiser output of every step, step S (highest noise) first; attrs ``metadata``: every setting.
+    """
+    with atomic_h5(path, SAMPLES_FORMAT, SAMPLES_VERSION, settings) as f:
+        f.create_dataset("samples", data=samples.detach().cpu().float().numpy(), compression="gzip")
+        f.create_dataset("seeds", data=np.asarray(seeds, dtype=np.int64))
+        lab = np.full(len(seeds), -1, np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
+        f.create_dataset("labels", data=lab)
+        if schedule is not None:
+            f.create_dataset("schedule", data=np.asarray(schedule, dtype=np.int64))
+        if trajectory is not None:
+            f.create_dataset("trajectory", data=trajectory.float().numpy(), compression="gzip")
+    return Path(path)
+
+
+def read_samples(path: str | os.PathLike) -> dict:
+    """Everything in a sample file as numpy arrays plus ``metadata``."""
+    with open_checked(path, SAMPLES_FORMAT, SAMPLES_VERSION) as f:
+        out = {name: f[name][()] for name in f.keys()}
+        out["metadata"] = metadata(f)
+    return out
