@@ -30,7 +30,7 @@ from .options import DTYPES, dataset_options, load_from_options, resolve_device
 @click.option("--label", default=None, help="Condition on this class label, or 'all' to cycle through the classes.")
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Compute precision.")
-@click.option("--block-mb", type=click.FloatRange(min=0.01), default=16.0, help="Size of one block of logits (bounds memory).")
+@click.option("--block-mb", type=click.FloatRange(min=0.01), default=4.0, help="Size of one block of logits in MiB (bounds memory; small blocks stay in cache).")
 @click.option("--save-trajectory", is_flag=True, help="Also store the denoiser output of every step.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="samples.h5", help="Output HDF5 file (a PNG grid goes beside it).")
 def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num,

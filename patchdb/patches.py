@@ -93,6 +93,25 @@ def _flat(ys: torch.Tensor, xs: torch.Tensor, width: int) -> torch.Tensor:
     return (ys.view(-1, 1) * width + xs.view(1, -1)).reshape(-1)
 
 
+def windows_at(images: torch.Tensor, k: int, positions: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """The ``k x k`` windows of ``images`` (N, C, H, W) centred at flat ``positions`` (P,): (N, P, C*k*k).
+
+    Only the asked-for windows are gathered (cheaper than unfolding all H*W of them); features are
+    ordered as in :func:`unfold_windows`. Outside the image: zeros, or wrap-around for "circular".
+    """
+    n, c, h, w = images.shape
+    r = k // 2
+    if r:
+        mode = "circular" if padding == "circular" else "constant"
+        images = F.pad(images, (r, r, r, r), mode=mode)
+    wp = w + 2 * r
+    offsets = (torch.arange(k).view(-1, 1) * wp + torch.arange(k).view(1, -1)).reshape(-1)
+    top_left = (positions // w) * wp + positions % w
+    index = (top_left.view(-1, 1) + offsets.view(1, -1)).reshape(-1).to(images.device)
+    flat = images.reshape(n, c, -1)[:, :, index].view(n, c, positions.numel(), k * k)
+    return flat.permute(0, 2, 1, 3).reshape(n, positions.numel(), c * k * k)
+
+
 def unfold_windows(images: torch.Tensor, k: int, padding: str = "zeros") -> torch.Tensor:
     """All ``k x k`` windows of ``images`` (N, C, H, W), padded by ``k // 2``: (N, C*k*k, H*W).
 

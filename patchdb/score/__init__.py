@@ -183,3 +183,32 @@ def denoise(
     if label is not None and labels is None:
         raise PatchdbError("label= needs labels= (the class of each training image)")
     return engine.denoise(x, t, k=k, labels=None if label is None else torch.full((x.shape[0],), int(label)))
+
+
+def make_denoiser(
+    machine: str | Machine,
+    schedule: ScaleSchedule | str | None,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    index=None,
+    exact: bool = False,
+    **options,
+) -> "Denoiser":
+    """The one factory of denoisers: exact over ``images``, or top-K over an open index file.
+
+    With ``index`` (a :class:`patchdb.indexfile.IndexFile`) and ``exact=False`` the approximate engine
+    is built (``options``: topk, nprobe, ef, tail_samples, dtype); with ``exact=True`` the exact engine
+    runs on the images stored in the file. Without ``index`` the exact engine runs on ``images``.
+    """
+    if index is not None and not exact:
+        from .approx import ApproxMachine  # late import: only index users need faiss
+
+        return ApproxMachine(index, machine, schedule, **options)
+    if index is not None:
+        dtype = options.get("dtype", torch.float32)
+        images = index.images().to(dtype).div_(127.5).sub_(1.0)
+        labels = index.labels()
+    if images is None:
+        raise PatchdbError("make_denoiser needs training images or an index file")
+    keep = {key: options[key] for key in ("device", "block_bytes") if key in options}
+    return ExactMachine(images, machine, schedule, labels=labels, **keep)

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..patches import Geometry, Group, geometry, unfold_windows
+from ..patches import Geometry, Group, geometry, windows_at
 from ..schedule import alpha_sigma
 from ..spec import Machine
-from .softmax import SoftmaxAccumulator, with_ones
+from .softmax import ReferencedSoftmax, with_ones
 
 #: Default size of one block of logits. Blocks that stay in the CPU's caches run several times
 #: faster than one huge product (measured in benchmarks/exact.py); the peak memory of a call is a
 #: small multiple of this plus the training images.
-DEFAULT_BLOCK_BYTES = 16 * 2**20
+DEFAULT_BLOCK_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ def exact_local(
     x : (B, C, H, W) noisy images, float.
     images : (N, C, H, W) training images in [-1, 1], same dtype and device as ``x``.
     t : time in (0, 1].  k : odd patch size.
+    block_bytes : size of one block of logits; each block of training images is unfolded once and
+        shared by every query group.
 
     Returns
     -------
@@ -63,42 +65,57 @@ def exact_local(
     """
     geom = geometry(machine, k, x.shape[-2], x.shape[-1])
     coef = Coefficients.at(t)
-    queries = unfold_windows(x, k, geom.query_padding) * coef.scale  # (B, K, HW)
+    plans = [_GroupPlan(x, group, geom, coef, block_bytes) for group in geom.groups]
+    per_image = sum(plan.bytes_per_image() for plan in plans)
+    step = max(1, block_bytes // max(per_image, 1))
+    for start in range(0, images.shape[0], step):
+        block = images[start : start + step]
+        for plan in plans:
+            plan.add(block)
     out = torch.empty(x.shape[0], x.shape[1], x.shape[-2] * x.shape[-1], dtype=x.dtype, device=x.device)
-    for group in geom.groups:
-        out[:, :, group.query_pos.reshape(-1)] = _group_denoise(queries, images, group, geom, coef, block_bytes)
+    for plan in plans:
+        out[:, :, plan.group.query_pos.reshape(-1).to(x.device)] = plan.result()
     return out.view_as(x)
 
 
-def _group_denoise(
-    queries: torch.Tensor, images: torch.Tensor, group: Group, geom: Geometry, coef: Coefficients, block_bytes: int
-) -> torch.Tensor:
-    """Weighted centres for the queries of one group: (B, C, G * m)."""
-    n_batch, n_feat, _ = queries.shape
-    n_groups, m = group.query_pos.shape
-    q = queries[:, :, group.query_pos.reshape(-1).to(queries.device)].view(n_batch, n_feat, n_groups, m)
-    q = with_ones(q.permute(2, 0, 3, 1).reshape(n_groups, n_batch * m, n_feat))  # (G, B*m, K+1)
-    channels = images.shape[1]
-    acc = SoftmaxAccumulator((n_groups, n_batch * m), channels, x_dtype(q), q.device)
-    cand_pos = group.cand_pos.to(images.device)
-    per_image = n_groups * n_batch * m * cand_pos.shape[1] * q.element_size()
-    step = max(1, block_bytes // max(per_image, 1))
-    for start in range(0, images.shape[0], step):
-        cands, values = _candidates(images[start : start + step], cand_pos, geom.k, coef)
-        acc.add(torch.bmm(q, cands.transpose(1, 2)), values)
-    res = acc.result()  # (G, B*m, C)
-    return res.view(n_groups, n_batch, m, channels).permute(1, 3, 0, 2).reshape(n_batch, channels, n_groups * m)
+class _GroupPlan:
+    """The queries of one group (all images of the batch), split into row chunks of bounded size."""
+
+    def __init__(self, x: torch.Tensor, group: Group, geom: Geometry, coef: Coefficients, block_bytes: int):
+        self.group, self.k, self.coef = group, geom.k, coef
+        self.batch, self.channels = x.shape[:2]
+        n_groups, m = group.query_pos.shape
+        q = windows_at(x, geom.k, group.query_pos.reshape(-1), geom.query_padding)  # (B, G*m, K)
+        q = q.view(self.batch, n_groups, m, -1).transpose(0, 1).reshape(n_groups, self.batch * m, -1)
+        self.cand_pos = group.cand_pos.reshape(-1)
+        self.itemsize = x.element_size()
+        rows = max(1, block_bytes // max(n_groups * group.cand_pos.shape[1] * self.itemsize, 1))
+        self.chunks = [ReferencedSoftmax(c * coef.scale, self.channels) for c in q.split(rows, dim=1)]
+
+    def bytes_per_image(self) -> int:
+        return self.group.cand_pos.numel() * min(self.chunks[0].q.shape[1], self.batch * self.group.query_pos.shape[1]) * self.itemsize
+
+    def add(self, block: torch.Tensor) -> None:
+        cands, values = _candidates(block, self.group.cand_pos, self.k, self.coef)
+        for chunk in self.chunks:
+            chunk.add(cands, values)
+
+    def result(self) -> torch.Tensor:
+        """Weighted centres (B, C, G*m), in the order of ``query_pos``."""
+        n_groups, m = self.group.query_pos.shape
+        res = torch.cat([chunk.result() for chunk in self.chunks], dim=1)  # (G, B*m, C)
+        return res.view(n_groups, self.batch, m, self.channels).permute(1, 3, 0, 2).reshape(self.batch, self.channels, -1)
 
 
 def _candidates(block: torch.Tensor, cand_pos: torch.Tensor, k: int, coef: Coefficients):
-    """Augmented candidate windows (G, n*mc, K+1) and their centres with ones (G, n*mc, C+1)."""
+    """Candidate windows with their bias column (G, n*mc, K+1), and centres with ones (G, n*mc, C+1)."""
     n, channels = block.shape[:2]
     n_groups, mc = cand_pos.shape
     flat_pos = cand_pos.reshape(-1)
-    windows = unfold_windows(block, k, "zeros")[:, :, flat_pos]  # (n, K, G*mc)
-    windows = windows.view(n, -1, n_groups, mc).permute(2, 0, 3, 1).reshape(n_groups, n * mc, -1)
+    windows = windows_at(block, k, flat_pos)  # (n, G*mc, K)
+    windows = windows.view(n, n_groups, mc, -1).transpose(0, 1).reshape(n_groups, n * mc, -1)
     bias = windows.square().sum(-1, keepdim=True).mul_(coef.bias_coef)
-    centres = block.flatten(2)[:, :, flat_pos].view(n, channels, n_groups, mc)
+    centres = block.flatten(2)[:, :, flat_pos.to(block.device)].view(n, channels, n_groups, mc)
     centres = centres.permute(2, 0, 3, 1).reshape(n_groups, n * mc, channels)
     return torch.cat([windows, bias], dim=-1), with_ones(centres)
 
@@ -106,19 +123,13 @@ def _candidates(block: torch.Tensor, cand_pos: torch.Tensor, k: int, coef: Coeff
 def exact_is(x: torch.Tensor, images: torch.Tensor, t: float, block_bytes: int = DEFAULT_BLOCK_BYTES) -> torch.Tensor:
     """Ideal-score denoiser: softmax over whole training images (SPEC.md, IS)."""
     coef = Coefficients.at(t)
-    q = with_ones(x.flatten(1) * coef.scale).unsqueeze(0)  # (1, B, D+1)
-    acc = SoftmaxAccumulator((1, x.shape[0]), x[0].numel(), x_dtype(q), x.device)
+    acc = ReferencedSoftmax(x.flatten(1).unsqueeze(0) * coef.scale, x[0].numel())
     step = max(1, block_bytes // max(images[0].numel() * images.element_size(), 1))
     for start in range(0, images.shape[0], step):
         flat = images[start : start + step].flatten(1)
         bias = flat.square().sum(-1, keepdim=True) * coef.bias_coef
-        cands = torch.cat([flat, bias], dim=-1).unsqueeze(0)
-        acc.add(torch.bmm(q, cands.transpose(1, 2)), with_ones(flat).unsqueeze(0))
+        acc.add(torch.cat([flat, bias], dim=-1).unsqueeze(0), with_ones(flat).unsqueeze(0))
     return acc.result()[0].view_as(x)
-
-
-def x_dtype(t: torch.Tensor) -> torch.dtype:
-    return t.dtype
 
 
 def peak_block_bytes(block_bytes: int) -> int:

@@ -1,0 +1,144 @@
+"""Speed of the exact engine: per denoiser call and per full 20-step sample, against a conv2d baseline.
+
+Usage:
+    python benchmarks/exact.py calls             # seconds per call vs N (500, 2000, 10000), k, batch 1/16
+    python benchmarks/exact.py sample            # 20-step bbELS samples, batch 8, N = 2000 and 10000,
+                                                 # patchdb vs the conv2d baseline (benchmarks/conv_baseline.py)
+
+Data: the MNIST test split in ../shared/data/mnist-t10k (or --root), bilinear-resized to 32x32.
+Each configuration runs in a fresh subprocess so that its peak memory (max RSS) is its own.
+The baseline's cost is linear in N (it streams the training set in blocks), so for N above
+--baseline-n it is timed on the first --baseline-n images for the same inputs and scaled by
+N / baseline-n; the table says so in its "baseline" column header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROOT = HERE.parents[1] / "shared" / "data" / "mnist-t10k"
+SCHEDULE = "mnist-resnet-zeros"
+
+
+def load(n: int, root: str) -> torch.Tensor:
+    from patchdb.data import load_dataset
+
+    data = load_dataset("mnist", root=root, split="test", limit=n, progress=False)
+    return data.to_float()
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one_call(args) -> dict:
+    """Median seconds of one bbELS call at (N, k, batch) with t where the schedule uses k."""
+    from patchdb.schedule import PRESETS
+    from patchdb.score import ExactMachine
+
+    images = load(args.n, args.root)
+    sizes = PRESETS[SCHEDULE]
+    t = (sizes.index(args.k) + 1) / len(sizes)
+    engine = ExactMachine(images, "bbels")
+    x = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
+    times = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        engine.denoise(x, t, k=args.k)
+        times.append(time.perf_counter() - start)
+    return {"n": args.n, "k": args.k, "t": t, "batch": args.batch, "seconds": statistics.median(times),
+            "peak_mib": peak_mib()}
+
+
+def one_sample(args) -> dict:
+    """A full 20-step bbELS batch with patchdb, then the baseline on the same inputs of every step."""
+    sys.path.insert(0, str(HERE))
+    from conv_baseline import conv_bbels
+
+    from patchdb.sample import ddim_sample, initial_noise
+    from patchdb.schedule import parse_schedule
+    from patchdb.score import ExactMachine
+
+    images = load(args.n, args.root)
+    sched = parse_schedule(SCHEDULE)
+    engine = ExactMachine(images, "bbels", sched)
+    calls = []
+
+    def timed(x, t, labels=None):
+        start = time.perf_counter()
+        out = engine(x, t, labels)
+        calls.append((x.clone(), t, time.perf_counter() - start))
+        return out
+
+    noise = initial_noise(list(range(args.batch)), (1, 32, 32))
+    start = time.perf_counter()
+    ddim_sample(timed, noise, sched.steps)
+    ours = time.perf_counter() - start
+    ours_peak = peak_mib()
+    sub = images[: min(args.baseline_n, args.n)]
+    base = 0.0
+    for x, t, _ in calls:
+        begin = time.perf_counter()
+        conv_bbels(x, sub, t, engine.size_at(t))
+        base += time.perf_counter() - begin
+    base *= args.n / len(sub)
+    return {"n": args.n, "batch": args.batch, "ours_s_per_sample": ours / args.batch,
+            "baseline_s_per_sample": base / args.batch, "baseline_n": len(sub), "ratio": base / ours,
+            "ours_peak_mib": ours_peak, "per_step_s": [c[2] for c in calls]}
+
+
+def run_child(mode: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["calls", "sample"], nargs="?", default="calls")
+    p.add_argument("--child", choices=["call", "sample"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--root", default=str(DEFAULT_ROOT))
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--sizes", default="500,2000,10000", help="N values")
+    p.add_argument("--ks", default="3,7,11,15", help="patch sizes for 'calls'")
+    p.add_argument("--batches", default="1,16", help="batch sizes for 'calls'")
+    p.add_argument("--baseline-n", type=int, default=500, help="images the baseline is timed on (scaled to N)")
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(one_call(args) if args.child == "call" else one_sample(args)))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    if args.what == "calls":
+        print("| N | k | t | batch | s/call | s/call/image | peak MiB |")
+        print("|---|---|---|---|---|---|---|")
+        for n in map(int, args.sizes.split(",")):
+            for k in map(int, args.ks.split(",")):
+                for b in map(int, args.batches.split(",")):
+                    r = run_child("call", root=args.root, n=n, k=k, batch=b, repeat=args.repeat)
+                    print(f"| {n} | {k} | {r['t']:.2f} | {b} | {r['seconds']:.3f} | {r['seconds'] / b:.3f} | {r['peak_mib']:.0f} |", flush=True)
+    else:
+        sizes = args.sizes if args.sizes != "500,2000,10000" else "2000,10000"
+        print(f"| N | batch | patchdb s/sample | baseline s/sample (timed on N'={args.baseline_n}, x N/N') | speed-up | patchdb peak MiB |")
+        print("|---|---|---|---|---|---|")
+        for n in map(int, sizes.split(",")):
+            r = run_child("sample", root=args.root, n=n, batch=8, baseline_n=args.baseline_n)
+            print(f"| {n} | {r['batch']} | {r['ours_s_per_sample']:.1f} | {r['baseline_s_per_sample']:.1f} | "
+                  f"{r['ratio']:.1f}x | {r['ours_peak_mib']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
