@@ -38,6 +38,13 @@ def load(n: int, root: str) -> torch.Tensor:
     return data.to_float()
 
 
+def clock() -> float:
+    return time.process_time() if CLOCK == "cpu" else time.perf_counter()
+
+
+CLOCK = "wall"
+
+
 def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -54,9 +61,9 @@ def one_call(args) -> dict:
     x = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
     times = []
     for _ in range(args.repeat):
-        start = time.perf_counter()
+        start = clock()
         engine.denoise(x, t, k=args.k)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return {"n": args.n, "k": args.k, "t": t, "batch": args.batch, "seconds": statistics.median(times),
             "peak_mib": peak_mib()}
 
@@ -76,26 +83,26 @@ def one_sample(args) -> dict:
     calls = []
 
     def timed(x, t, labels=None):
-        start = time.perf_counter()
+        start = clock()
         out = engine(x, t, labels)
-        calls.append((x.clone(), t, time.perf_counter() - start))
+        calls.append((x.clone(), t, clock() - start))
         return out
 
     noise = initial_noise(list(range(args.batch)), (1, 32, 32))
-    start = time.perf_counter()
+    start = clock()
     ddim_sample(timed, noise, sched.steps)
-    ours = time.perf_counter() - start
+    ours = clock() - start
     ours_peak = peak_mib()
     sub = images[: min(args.baseline_n, args.n)]
     base = 0.0
     for x, t, _ in calls:
-        begin = time.perf_counter()
+        begin = clock()
         conv_bbels(x, sub, t, engine.size_at(t))
-        base += time.perf_counter() - begin
+        base += clock() - begin
     base *= args.n / len(sub)
     return {"n": args.n, "batch": args.batch, "ours_s_per_sample": ours / args.batch,
             "baseline_s_per_sample": base / args.batch, "baseline_n": len(sub), "ratio": base / ours,
-            "ours_peak_mib": ours_peak, "per_step_s": [c[2] for c in calls]}
+            "ours_peak_mib": ours_peak, "per_step_s": [c[2] for c in calls], "clock": args.clock}
 
 
 def run_child(mode: str, **kw) -> dict:
@@ -117,25 +124,29 @@ def main() -> None:
     p.add_argument("--ks", default="3,7,11,15", help="patch sizes for 'calls'")
     p.add_argument("--batches", default="1,16", help="batch sizes for 'calls'")
     p.add_argument("--baseline-n", type=int, default=500, help="images the baseline is timed on (scaled to N)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed seconds; cpu: process CPU seconds (steadier on a busy machine with 1 thread)")
     args = p.parse_args()
+    global CLOCK
+    CLOCK = args.clock
     if args.child:
         print(json.dumps(one_call(args) if args.child == "call" else one_sample(args)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.clock} clock")
     if args.what == "calls":
         print("| N | k | t | batch | s/call | s/call/image | peak MiB |")
         print("|---|---|---|---|---|---|---|")
         for n in map(int, args.sizes.split(",")):
             for k in map(int, args.ks.split(",")):
                 for b in map(int, args.batches.split(",")):
-                    r = run_child("call", root=args.root, n=n, k=k, batch=b, repeat=args.repeat)
+                    r = run_child("call", root=args.root, n=n, k=k, batch=b, repeat=args.repeat, clock=args.clock)
                     print(f"| {n} | {k} | {r['t']:.2f} | {b} | {r['seconds']:.3f} | {r['seconds'] / b:.3f} | {r['peak_mib']:.0f} |", flush=True)
     else:
         sizes = args.sizes if args.sizes != "500,2000,10000" else "2000,10000"
         print(f"| N | batch | patchdb s/sample | baseline s/sample (timed on N'={args.baseline_n}, x N/N') | speed-up | patchdb peak MiB |")
         print("|---|---|---|---|---|---|")
         for n in map(int, sizes.split(",")):
-            r = run_child("sample", root=args.root, n=n, batch=8, baseline_n=args.baseline_n)
+            r = run_child("sample", root=args.root, n=n, batch=8, baseline_n=args.baseline_n, clock=args.clock)
             print(f"| {n} | {r['batch']} | {r['ours_s_per_sample']:.1f} | {r['baseline_s_per_sample']:.1f} | "
                   f"{r['ratio']:.1f}x | {r['ours_peak_mib']:.0f} |", flush=True)
 
