@@ -33,12 +33,24 @@ from .options import DTYPES, dataset_options, load_from_options, resolve_device
 @click.option("--block-mb", type=click.FloatRange(min=0.01), default=4.0, help="Size of one block of logits in MiB (bounds memory; small blocks stay in cache).")
 @click.option("--save-trajectory", is_flag=True, help="Also store the denoiser output of every step.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="samples.h5", help="Output HDF5 file (a PNG grid goes beside it).")
+@click.option("--index", "index_file", type=click.Path(dir_okay=False), default=None,
+              help="Sample with the approximate (top-K) engine over this index file (patchdb build); dataset options are ignored.")
+@click.option("--exact", is_flag=True, help="With --index: run the exact engine on the images stored in the file.")
+@click.option("--topk", type=click.IntRange(min=1), default=64, help="With --index: candidates kept per query window.")
+@click.option("--nprobe", type=click.IntRange(min=0), default=0, help="With --index: IVF lists probed (0: tuned default in the file).")
+@click.option("--ef", type=click.IntRange(min=0), default=0, help="With --index: HNSW efSearch of the coarse quantizer (0: default).")
+@click.option("--tail-correction", type=click.IntRange(min=0), default=1024,
+              help="With --index: estimate the ignored mass from a uniform sample of this many candidates (0: off).")
 def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num,
-            batch_size, seed, label, device, dtype, block_mb, save_trajectory, out):
-    """Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS)."""
+            batch_size, seed, label, device, dtype, block_mb, save_trajectory, out, index_file, exact, topk, nprobe,
+            ef, tail_correction):
+    """Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS), or the top-K engine with --index."""
     out = check_writable(out)
     machine = Machine.parse(machine)
     dev = resolve_device(device)
+    if index_file is not None:
+        return _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype,
+                             save_trajectory, out, exact, topk, nprobe, ef, tail_correction)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     sched = parse_schedule(schedule, steps)
     sched.check_fits(data.height, data.width)
@@ -59,6 +71,44 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     }
     write_samples(out, res.samples, res.seeds, res.labels, list(sched.sizes) if machine is not Machine.IS else None,
                   settings, res.trajectory)
+    png = Path(out).with_suffix(".png")
+    save_grid(res.samples, png)
+    click.echo(f"wrote {out} and {png} ({num} samples, {seconds:.1f} s, {seconds / num:.2f} s/sample)")
+
+
+def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype, save_trajectory, out,
+                  exact, topk, nprobe, ef, tail_correction):
+    """``sample --index``: the approximate engine over the file, or ``--exact`` on the images it stores."""
+    from patchdb.indexfile import open_index
+    from patchdb.score import make_denoiser
+
+    with open_index(index_file) as f:
+        sched = parse_schedule(schedule, steps)
+        labels = sample_labels(num, label, len(f.meta["classes"]))
+        engine = make_denoiser(machine, sched, index=f, exact=exact, topk=topk, nprobe=nprobe, ef=ef,
+                               tail_samples=tail_correction, dtype=DTYPES[dtype], **({"device": dev} if exact else {}))
+        shape = (f.channels, f.height, f.width)
+        kind = "exact" if exact else f"approximate (top-{topk})"
+        click.echo(f"{kind} {machine.value} engine over {f.meta['count']} images of {f.meta['dataset']} from {index_file}, "
+                   f"schedule {sched.name}, {num} samples", err=True)
+        start = time.perf_counter()
+        res = generate(engine, shape, num, seed, batch_size, sched.steps, labels, DTYPES[dtype], dev if exact else "cpu",
+                       save_trajectory, progress=True)
+        seconds = time.perf_counter() - start
+        reports = [vars(r) for r in getattr(engine, "reports", [])]
+        settings = {
+            "command": "sample", "engine": "exact" if exact else "approx", "index": str(index_file), "machine": machine.value,
+            "schedule": list(sched.sizes), "schedule_name": sched.name, "steps": sched.steps, "num": num,
+            "batch_size": batch_size, "seed": seed, "label": label, "dtype": dtype, "topk": topk, "nprobe": nprobe, "ef": ef,
+            "tail_correction": tail_correction, "dataset_name": f.meta["dataset"], "fingerprint": f.fingerprint,
+            "seconds": seconds, "step_reports": reports,
+        }
+    for r in reports:
+        if r["bound_max"] > 1e-3:
+            note = f"tail share est. {r['tail_median']:.1e}" if r["tail_used"] else "consider --tail-correction"
+            click.echo(f"t={r['t']:.2f} k={r['k']}: ignored-mass bound up to {r['bound_max']:.1e} ({note})", err=True)
+            break
+    write_samples(out, res.samples, res.seeds, res.labels, list(sched.sizes), settings, res.trajectory)
     png = Path(out).with_suffix(".png")
     save_grid(res.samples, png)
     click.echo(f"wrote {out} and {png} ({num} samples, {seconds:.1f} s, {seconds / num:.2f} s/sample)")

@@ -169,32 +169,45 @@ class ApproxMachine:
         out = torch.empty(x.shape[0], x.shape[1], x.shape[-2] * x.shape[-1], dtype=x.dtype)
         bounds, tails = [], []
         for grp, (i, entry) in zip(geom.groups, self._entries_for(k, geom.groups)):
+            if entry.family in EXACT_FAMILIES or not entry.indexed:
+                for rows, lo, hi in ranges:
+                    val = self._exact_same_position(x[rows], grp.query_pos.view(-1), k, a, b, lo, hi)  # (b, C, P)
+                    out[rows.view(-1, 1), :, grp.query_pos.view(1, -1)] = val.permute(0, 2, 1).to(out.dtype)
+                continue
             for g in range(grp.query_pos.shape[0]):
                 qpos = grp.query_pos[g]
                 for rows, lo, hi in ranges:
                     q = queries[rows][:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1])  # (b*m, d)
-                    if entry.family in EXACT_FAMILIES or not entry.indexed:
-                        val = self._exact(q, grp.cand_pos[g], k, a, b, lo, hi)
-                    else:
-                        val, bound, tail = self._approx(q, (k, i, g), entry, grp.cand_pos[g], a, b, lo, hi)
-                        bounds.append(bound)
-                        if tail is not None:
-                            tails.append(tail)
-                    out[rows.view(-1, 1), :, qpos.view(1, -1)] = val.view(len(rows), len(qpos), -1)
+                    # Logits in float64 whatever the dtype: at t = 0.05 they reach ~1e3 and float32 would
+                    # cost ~1e-5 in D; the re-rank is a small part of the time.
+                    q = q.double()
+                    val, bound, tail = self._approx(q, (k, i, g), entry, grp.cand_pos[g], a, b, lo, hi)
+                    bounds.append(bound)
+                    if tail is not None:
+                        tails.append(tail)
+                    out[rows.view(-1, 1), :, qpos.view(1, -1)] = val.view(len(rows), len(qpos), -1).to(out.dtype)
         return out.view_as(x), (bounds or [torch.zeros(0)], tails)
 
-    def _exact(self, q: torch.Tensor, cand_pos: torch.Tensor, k: int, a: float, b: float, lo: int, hi: int) -> torch.Tensor:
-        """Every candidate (images lo..hi at positions ``cand_pos``), in blocks of images."""
-        per_image = len(cand_pos)
-        acc = SoftmaxAccumulator((1, q.shape[0]), self.source.channels, q.dtype, q.device)
-        step = max(1, RERANK_ELEMENTS // max(1, per_image * q.shape[1]))
+    def _exact_same_position(self, x: torch.Tensor, pos: torch.Tensor, k: int, a: float, b: float,
+                             lo: int, hi: int) -> torch.Tensor:
+        """LS-like families (corners, LS fallback): every image ``lo..hi`` at the query's own position.
+
+        Window dot products are box sums of ``x * phi`` (zero padding = a box clipped to the image), so
+        the cost is O(B N H W) whatever k. Returns (b, C, P) for the flat positions ``pos`` (P,).
+        """
+        src, r = self.source, k // 2
+        xs = x.double()
+        acc = SoftmaxAccumulator((len(pos), x.shape[0]), src.channels, torch.float64, x.device)
+        step = max(1, RERANK_ELEMENTS // max(1, x.shape[0] * x[0].numel()))
+        inner = (slice(None), slice(None), slice(src.pad, src.pad + src.height), slice(src.pad, src.pad + src.width))
         for start in range(lo, hi, step):
-            img = torch.arange(start, min(hi, start + step)).view(-1, 1).expand(-1, per_image)
-            pos = cand_pos.view(1, -1).expand_as(img)
-            w = self.source.windows(img, pos, k).reshape(-1, q.shape[1])
-            logits = (q @ w.T).mul_(a / b**2).add_(w.square().sum(-1).mul_(-(a * a) / (2 * b * b)))
-            acc.add(logits.unsqueeze(0), with_ones(self.source.centres(img, pos).reshape(1, -1, self.source.channels)))
-        return acc.result()[0]
+            phi = src.padded[start : min(hi, start + step)][inner].double()  # (n, C, H, W)
+            dots = _box(torch.einsum("bchw,nchw->bnhw", xs, phi), k, r).flatten(2)[:, :, pos]  # (b, n, P)
+            norms = _box(phi.square().sum(1, keepdim=True), k, r).flatten(2)[:, 0, pos]  # (n, P)
+            logits = (dots.mul_(2 * a).sub_((a * a) * norms)).mul_(0.5 / (b * b)).permute(2, 0, 1)  # (P, b, n)
+            centres = phi.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, n, C)
+            acc.add(logits.contiguous(), with_ones(centres))
+        return acc.result().permute(1, 2, 0)  # (b, C, P)
 
     def _approx(self, q: torch.Tensor, key: tuple[int, int, int], entry: Entry, cand_pos: torch.Tensor,
                 a: float, b: float, lo: int, hi: int):
@@ -204,9 +217,11 @@ class ApproxMachine:
         whole = lo == 0 and hi == self.n_images
         index = self.file.index(*key)
         factor = self.k_factor or int(entry.info.get("k_factor", 1))
-        _, ids = fx.search(index, (q / a).float().numpy(), self.topk * factor, self.nprobe, self.ef,
+        want = min(self.topk * factor, id_hi - id_lo)  # never ask for more than exist
+        _, ids = fx.search(index, (q / a).float().numpy(), want, self.nprobe, self.ef,
                            None if whole else (id_lo, id_hi))
         ids = torch.from_numpy(ids)
+        ids = self._refill_empty(index, q / a, ids, want, None if whole else (id_lo, id_hi))
         n_total = id_hi - id_lo
         sample = self._tail_sample(key, id_lo, id_hi) if self.tail else None
         vals, bounds, tails = [], [], []
@@ -218,15 +233,29 @@ class ApproxMachine:
             tails.append(tl)
         return torch.cat(vals), torch.cat(bounds), (torch.cat(tails) if sample is not None else None)
 
+    def _refill_empty(self, index, q: torch.Tensor, ids: torch.Tensor, want: int, id_range) -> torch.Tensor:
+        """Rows whose probed lists held nothing (far-out queries at t ~ 1) are searched again with 8x more
+        lists until they find candidates: a row without any would give 0/0."""
+        empty = (ids < 0).all(1).nonzero().view(-1)
+        nprobe = max(1, self.nprobe or getattr(fx._ivf(index), "nprobe", 1))
+        nlist = getattr(fx._ivf(index), "nlist", 1)
+        while empty.numel() and nprobe < nlist:
+            nprobe = min(nlist, nprobe * 8)
+            _, again = fx.search(index, q[empty].float().numpy(), want, nprobe, self.ef, id_range)
+            ids[empty] = torch.from_numpy(again)
+            empty = empty[(ids[empty] < 0).all(1)]
+        return ids
+
     def _rerank(self, q, ids, cand_pos, per_image, k, a, b, n_total, sample):
         valid = ids >= 0
         safe = ids.clamp(min=0)
         img, pos = safe // per_image, cand_pos[safe % per_image]
-        w = self.source.windows(img, pos, k)  # (R, K, d)
-        logits = torch.einsum("rd,rkd->rk", q, w).mul_(a / b**2).add_(w.square().sum(-1).mul_(-(a * a) / (2 * b * b)))
+        w = self.source.windows(img, pos, k).double()  # (R, K, d)
+        # -|x_p - a phi|^2 / 2b^2 as a difference: no cancellation of large terms (float32 stays ~1e-6 exact).
+        logits = w.mul_(-a).add_(q.unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
         logits.masked_fill_(~valid, -math.inf)
         acc = SoftmaxAccumulator((q.shape[0], 1), self.source.channels, q.dtype, q.device)
-        acc.add(logits.clone().unsqueeze(1), with_ones(self.source.centres(img, pos)))
+        acc.add(logits.clone().unsqueeze(1), with_ones(self.source.centres(img, pos).double()))
         log_z = acc.log_normaliser()[:, 0]
         # Every candidate outside the true top-K weighs at most the K-th weight; if the search found the
         # true top-K (recall 1, e.g. Flat), each ignored candidate is outside it.
@@ -247,8 +276,8 @@ class ApproxMachine:
     def _add_tail(self, acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z) -> torch.Tensor:
         """Fold in the uniform sample, weighted n_total / m, minus retrieved ids; returns the tail share."""
         img, pos = sample // len(cand_pos), cand_pos[sample % len(cand_pos)]
-        w = self.source.windows(img, pos, k)  # (m, d)
-        logits = (q @ w.T).mul_(a / b**2).add_(w.square().sum(-1).mul_(-(a * a) / (2 * b * b)))
+        w = self.source.windows(img, pos, k).double()  # (m, d)
+        logits = _shared_logits(q, w, a, b)
         # A sampled id already among the retrieved ones is counted there: mask it (the estimator of the
         # ignored sum stays unbiased because the sample covers all n_total candidates uniformly).
         srt = ids.sort(1).values
@@ -256,9 +285,22 @@ class ApproxMachine:
         hit = srt.gather(1, where) == sample.view(1, -1)
         logits.masked_fill_(hit, -math.inf).add_(math.log(n_total / len(sample)))
         log_tail = torch.logsumexp(logits, dim=1)
-        values = with_ones(self.source.centres(img, pos)).unsqueeze(0).expand(q.shape[0], -1, -1)
+        values = with_ones(self.source.centres(img, pos).double()).unsqueeze(0).expand(q.shape[0], -1, -1)
         acc.add(logits.unsqueeze(1), values)
         return torch.sigmoid(log_tail - log_z)
+
+
+def _box(images: torch.Tensor, k: int, r: int) -> torch.Tensor:
+    """k x k box sums with zero padding, same size out: (N, C, H, W) -> (N, C, H, W)."""
+    n, c, h, w = images.shape
+    return torch.nn.functional.avg_pool2d(images.reshape(n * c, 1, h, w), k, stride=1, padding=r,
+                                          count_include_pad=True).mul_(k * k).view(n, c, h, w)
+
+
+def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """-|q_r - a w_j|^2 / 2b^2 for every row r of ``q`` (R, d) and candidate j of ``w`` (P, d): (R, P)."""
+    sq = q.square().sum(-1, keepdim=True) + (a * a) * w.square().sum(-1)
+    return (q @ w.T).mul_(2 * a).sub_(sq).mul_(0.5 / (b * b))
 
 
 def _q(v: torch.Tensor, quantile: float) -> float:
@@ -266,3 +308,43 @@ def _q(v: torch.Tensor, quantile: float) -> float:
         return 0.0
     return float(torch.quantile(v.double().flatten()[:1_000_000], quantile))
 
+
+
+def pearson_r2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Squared Pearson correlation over all pixels and channels of two images (SPEC.md "Comparison")."""
+    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    denom = (a.norm() * b.norm()).item()
+    return float((a @ b).item() / denom) ** 2 if denom > 0 else float("nan")
+
+
+def validate_engines(exact, approx: ApproxMachine, seeds: list[int], shape: tuple[int, int, int], steps: int,
+                     labels: torch.Tensor | None = None, batch_size: int = 16, progress: bool = False) -> dict:
+    """Sample with both engines from the same noise; per step the max |D_approx - D_exact| and the
+    ignored-mass bound, per seed the r^2 between final samples, and the time of each engine."""
+    from ..sample import ddim_sample, initial_noise
+
+    diffs, bounds, tails, r2, seconds = [], [], [], [], {"exact": 0.0, "approx": 0.0}
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start : start + batch_size]
+        noise = initial_noise(chunk, shape, approx.dtype)
+        lab = None if labels is None else labels[start : start + len(chunk)]
+        runs = {}
+        for name, engine in (("exact", exact), ("approx", approx)):
+            t0 = time.perf_counter()
+            runs[name] = ddim_sample(engine, noise, steps, lab, keep_trajectory=True, progress=progress)
+            seconds[name] += time.perf_counter() - t0
+        reports = approx.reports[-steps:]
+        diffs.append((runs["approx"].trajectory - runs["exact"].trajectory).abs().flatten(2).amax(2))  # (S, b)
+        bounds.append(torch.tensor([r.bound_max for r in reports]))
+        tails.append(torch.tensor([r.tail_median for r in reports]))
+        r2 += [pearson_r2(a, e) for a, e in zip(runs["approx"].samples, runs["exact"].samples)]
+    diff = torch.cat(diffs, 1)  # (S, seeds), step S first
+    per_step = [{"step": steps - i, "t": (steps - i) / steps, "k": approx.size_at((steps - i) / steps),
+                 "max_abs_diff_median": float(diff[i].median()), "max_abs_diff_max": float(diff[i].max()),
+                 "bound_max_median": float(torch.stack(bounds)[:, i].median()),
+                 "tail_share_median": float(torch.stack(tails)[:, i].median())} for i in range(steps)]
+    r2_t = torch.tensor(r2)
+    return {"seeds": list(seeds), "r2": r2, "r2_median": float(r2_t.median()), "r2_min": float(r2_t.min()),
+            "steps": per_step, "seconds": seconds, "speedup": seconds["exact"] / max(seconds["approx"], 1e-9),
+            "seconds_per_sample": {k: v / len(seeds) for k, v in seconds.items()}}

@@ -1,0 +1,149 @@
+"""Benchmark the patch index: build cost per size, exact vs approximate time per sample, recall vs nprobe.
+
+Prints markdown tables. Run with ``OMP_NUM_THREADS`` set to the cores you mean to use (on a shared
+2-core machine, 1: oversubscribed OpenMP threads spin and can run 10x slower).
+
+    python benchmarks/index.py build --dataset fashion-mnist --root ../shared/data/fashion-mnist --limit 10000
+    python benchmarks/index.py speed FILE --schedule fashion-mnist-resnet-zeros --batch 1 --batch 16
+    python benchmarks/index.py recall FILE
+
+``build`` runs one ``patchdb build`` subprocess per patch size, so each size's peak memory (max RSS)
+is its own; ``speed`` times one denoiser call per distinct size at the noise level of its steps and
+sums over the schedule (the sampler adds nothing measurable), exact and approximate in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from patchdb.indexfile import open_index
+from patchdb.schedule import alpha_sigma, parse_schedule
+from patchdb.score import make_denoiser
+
+
+@click.group()
+def cli() -> None:
+    """Index benchmarks (markdown tables on stdout)."""
+
+
+@cli.command()
+@click.option("--dataset", default="fashion-mnist")
+@click.option("--root", default="../shared/data/fashion-mnist")
+@click.option("--limit", type=int, default=None)
+@click.option("--machine", default="bbels")
+@click.option("--scales", default="fashion-mnist-resnet-zeros")
+@click.option("--memory", default="8GiB")
+@click.option("--keep", type=click.Path(), default=None, help="Folder to keep the per-size files in.")
+def build(dataset, root, limit, machine, scales, memory, keep):
+    """Build time, file size and peak memory per patch size (one subprocess each)."""
+    folder = Path(keep or tempfile.mkdtemp())
+    folder.mkdir(parents=True, exist_ok=True)
+    print("| dataset | N | k | vectors | index | build s | vectors/s | file MiB | peak RSS MiB | recall@K |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    total_s = 0.0
+    for k in parse_schedule(scales).distinct():
+        out = folder / f"{Path(dataset).stem}-{limit or 'all'}-k{k}.h5"
+        cmd = [sys.executable, "-m", "cli.main", "build", "--dataset", dataset, "--root", root, "--machine", machine,
+               "--scales", str(k), "--memory", memory, "--out", str(out), "--force"]
+        if limit:
+            cmd += ["--limit", str(limit)]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        if proc.returncode:
+            print(f"| {dataset} | {limit} | {k} | failed: {proc.stderr.strip().splitlines()[-1]} |")
+            continue
+        peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        total_s += seconds
+        with open_index(out) as f:
+            info = f.info()
+        fams = [fam for fam in info["sizes"][str(k)] if "plan" in fam]
+        vectors = sum(fam["vectors"] for fam in fams)
+        keys = "; ".join(sorted({f"{fam['family']}: {fam['plan']['key']}" for fam in fams}))
+        recall = min(fam["recall"] for fam in fams)
+        print(f"| {dataset} | {info['metadata']['count']} | {k} | {vectors:,} | {keys} | {seconds:.0f} | "
+              f"{vectors / seconds:,.0f} | {info['file_bytes'] / 2**20:,.0f} | {peak:,.0f} | {recall:.3f} |")
+        if not keep:
+            out.unlink()
+    print(f"\ntotal build time {total_s:.0f} s (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+
+
+def _x_at(t: float, data: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
+    """A realistic x_t: a training image of the file, noised to time t."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(data), (batch,), generator=g)
+    a, b = alpha_sigma(t)
+    return a * data[idx] + b * torch.randn(data[idx].shape, generator=g)
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--schedule", default="fashion-mnist-resnet-zeros")
+@click.option("--batch", "batches", type=int, multiple=True, default=[1])
+@click.option("--topk", type=int, default=64)
+@click.option("--tail", type=int, default=0)
+@click.option("--label", type=int, default=None, help="Class-conditional timing (id-range selector).")
+@click.option("--skip-exact", is_flag=True, help="Time only the approximate engine.")
+def speed(file, schedule, batches, topk, tail, label, skip_exact):
+    """Per-sample time (sum of one denoiser call per step) exact vs approximate, in one run."""
+    sched = parse_schedule(schedule)
+    with open_index(file) as f:
+        data = f.images().float() / 127.5 - 1
+        approx = make_denoiser(f.machine, sched, index=f, topk=topk, tail_samples=tail)
+        exact = None if skip_exact else make_denoiser(f.machine, sched, index=f, exact=True)
+        n = f.meta["count"]
+        print("| N | batch | label | k | t | exact s/call | approx s/call | speedup |")
+        print("|---|---|---|---|---|---|---|---|")
+        for batch in batches:
+            totals = {"exact": 0.0, "approx": 0.0}
+            for k in sched.distinct():
+                steps = [i for i in range(1, sched.steps + 1) if sched.size_at(i) == k]
+                t = steps[len(steps) // 2] / sched.steps
+                x = _x_at(t, data, batch, seed=k)
+                labels = None if label is None else torch.full((batch,), label)
+                row = {}
+                for name, engine in (("approx", approx), ("exact", exact)):
+                    if engine is None:
+                        continue
+                    start = time.perf_counter()
+                    engine.denoise(x, t, k=k, labels=labels)
+                    row[name] = time.perf_counter() - start
+                    totals[name] += row[name] * len(steps)
+                ex = f"{row['exact']:.2f}" if "exact" in row else "-"
+                sp = f"{row['exact'] / row['approx']:.1f}x" if "exact" in row else "-"
+                print(f"| {n} | {batch} | {label} | {k} | {t:.2f} | {ex} | {row['approx']:.2f} | {sp} |", flush=True)
+            per = {k: v / batch for k, v in totals.items()}
+            print(f"| {n} | {batch} | {label} | **sample** | | {per['exact']:.1f} s | {per['approx']:.1f} s | "
+                  f"{per['exact'] / per['approx'] if per['exact'] else float('nan'):.1f}x |")
+            print("approx ignored-mass bound per call: " + ", ".join(f"k={r.k}: {r.bound_max:.1e}" for r in approx.reports[-len(sched.distinct()):]))
+
+
+@cli.command()
+@click.argument("file")
+def recall(file):
+    """Recall@K vs nprobe (and re-rank factor) as measured at build time."""
+    with open_index(file) as f:
+        info = f.info()
+    print("| k | family | index | nprobe | k_factor | recall@K | ms/query |")
+    print("|---|---|---|---|---|---|---|")
+    for k, fams in info["sizes"].items():
+        for fam in fams:
+            for c in fam.get("recall_curve", []):
+                print(f"| {k} | {fam['family']} | {fam['plan']['key']} | {c['nprobe']} | {c['k_factor']} | "
+                      f"{c['recall']:.3f}@{fam['recall_k']} | {c['ms_per_query']:.3f} |")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,65 @@
+"""``patchdb build``: put every training patch a schedule needs into FAISS indexes in one HDF5 file."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import click
+
+from patchdb.errors import PatchdbError
+from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
+from patchdb.schedule import parse_schedule
+from patchdb.spec import Machine
+
+from .options import dataset_options, load_from_options
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from ``8GiB``, ``16G``, ``500MB`` or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if not match:
+        raise PatchdbError(f"--memory '{text}' is not a size; write e.g. 8GiB, 16G or 500MB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def default_out(dataset: str, machine: Machine) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(dataset).stem if "/" in dataset else dataset).strip("-")
+    return Path("indexes") / f"{name}-{machine.value}.h5"
+
+
+@click.command()
+@dataset_options
+@click.option("--machine", "-m", default="bbels", help="els or bbels: which candidate families to index.")
+@click.option("--scales", "-s", default="fashion-mnist-resnet-zeros",
+              help="Patch sizes: a schedule preset, a .json/.txt schedule file or a comma list (all distinct sizes are built).")
+@click.option("--index-key", default="auto", help="A faiss index_factory string for every size, or auto (from size and --memory).")
+@click.option("--memory", default="8GiB", help="Memory budget of one index (per patch-size family).")
+@click.option("--recall-k", type=click.IntRange(min=1), default=64, help="K of the recall@K the search defaults are tuned for.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="FAISS threads (default: all cores).")
+@click.option("--seed", type=int, default=0, help="Seed of the training and recall samples.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Output file (default: indexes/<dataset>-<machine>.h5).")
+@click.option("--add", is_flag=True, help="Add missing patch sizes to an existing file (same dataset and machine).")
+@click.option("--force", is_flag=True, help="Rebuild over an existing file.")
+def command(dataset, root, split, download, limit, only_classes, policy, machine, scales, index_key, memory,
+            recall_k, threads, seed, out, add, force):
+    """Build the patch index file of a dataset for a machine and a set of patch sizes."""
+    from patchdb.index import set_threads
+
+    machine = Machine.parse(machine)
+    sizes = parse_schedule(scales).distinct()
+    out = Path(out) if out else default_out(dataset, machine)
+    if out.exists() and not (add or force):
+        raise PatchdbError(f"{out} already exists; pass --add to add patch sizes to it or --force to rebuild it")
+    set_threads(threads)
+    data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
+    config = BuildConfig(machine.value, sizes, index_key, parse_memory(memory), recall_k, seed=seed)
+    click.echo(f"building {machine.value} indexes of {len(data):,} images of {data.name} for sizes {list(sizes)} -> {out}", err=True)
+    start = time.perf_counter()
+    build_index_file(data, out, config, progress=True, overwrite=force, add=add)
+    with IndexFile(out) as f:
+        size = out.stat().st_size
+        click.echo(f"wrote {out} ({size / 2**20:.1f} MiB, sizes {list(f.sizes)}) in {time.perf_counter() - start:.1f} s")

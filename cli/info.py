@@ -1,0 +1,46 @@
+"""``patchdb info``: what an index file holds, its index types, recall figures and memory to load."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from patchdb.indexfile import open_index
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def command(file, as_json):
+    """Describe an index file built by patchdb build (refuses incomplete or foreign files)."""
+    with open_index(file) as f:
+        info = f.info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    meta = info["metadata"]
+    c, h, w = meta["shape"]
+    click.echo(f"{info['path']}: {info['format']} v{info['format-version']}, {info['generated-by']}, created {info['creation-date']}")
+    click.echo(f"dataset {meta['dataset']}: {meta['count']:,} images {c}x{h}x{w}, policy {meta['policy']}, "
+               f"{len(meta['classes'])} classes, fingerprint {meta['fingerprint'][:16]}")
+    click.echo(f"machine {meta['machine']}, patch sizes {meta['sizes']}; id rule: {meta['id_rule']}")
+    click.echo(f"libraries: {', '.join(f'{k} {v}' for k, v in meta['libraries'].items())}")
+    click.echo(f"{'k':>3} {'family':9} {'subidx':>6} {'vectors':>13} {'index':28} {'train':>7} {'nprobe':>6} {'kf':>3} "
+               f"{'recall':>8} {'stored':>12} {'build s':>8}")
+    for k, fams in info["sizes"].items():
+        for fam in fams:
+            plan = fam.get("plan", {})
+            key = plan.get("key", "exact scan (no index)")
+            recall = f"{fam['recall']:.3f}@{fam['recall_k']}" if "recall" in fam else "exact"
+            click.echo(f"{k:>3} {fam['family']:9} {fam['groups']:>6} {fam['vectors']:>13,} {key:28} {plan.get('ntrain', 0):>7} "
+                       f"{fam.get('nprobe', 0):>6} {fam.get('k_factor', 1):>3} {recall:>8} {_mib(fam['stored_bytes']):>12} "
+                       f"{fam.get('seconds', 0):>8.1f}")
+            if plan.get("reason"):
+                click.echo(f"{'':14}why: {plan['reason']}")
+    click.echo(f"memory to load everything: {_mib(info['memory_to_load_bytes'])} (images {_mib(info['images_bytes'])}); "
+               f"file {_mib(info['file_bytes'])}")

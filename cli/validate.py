@@ -1,0 +1,66 @@
+"""``patchdb validate``: approximate vs exact engine from the same noise, with a pass/fail on r^2."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from patchdb.generate import sample_labels
+from patchdb.indexfile import open_index
+from patchdb.schedule import parse_schedule
+from patchdb.score import make_denoiser
+from patchdb.score.approx import DEFAULT_TOPK, validate_engines
+
+from .options import DTYPES, resolve_device
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--machine", "-m", default=None, help="els or bbels (default: the file's machine).")
+@click.option("--schedule", "-s", default="fashion-mnist-resnet-zeros", help="Preset, constant:K, comma list or file.")
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=20, help="Number of seeds M.")
+@click.option("--seed", type=int, default=0, help="First seed; seeds are seed .. seed + M - 1.")
+@click.option("--label", default=None, help="Condition on a class, or 'all' to cycle through the classes.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, help="Samples per batch (both engines).")
+@click.option("--topk", type=click.IntRange(min=1), default=DEFAULT_TOPK, help="Candidates per query window.")
+@click.option("--nprobe", type=click.IntRange(min=0), default=0, help="IVF lists probed (0: tuned default in the file).")
+@click.option("--ef", type=click.IntRange(min=0), default=0, help="HNSW efSearch of the coarse quantizer (0: default).")
+@click.option("--k-factor", type=click.IntRange(min=0), default=0, help="Re-rank topk x this many (0: tuned default).")
+@click.option("--tail-correction", type=click.IntRange(min=0), default=1024,
+              help="Estimate the ignored mass from a uniform sample of m candidates (0: off; measured: needed at high noise).")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Compute precision of both engines.")
+@click.option("--device", default="cpu", help="Where the exact engine runs (cpu, cuda, auto); FAISS search stays on the CPU.")
+@click.option("--min-r2", type=click.FloatRange(0, 1), default=0.99, help="Exit 1 when the median r^2 is below this.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the full report as JSON.")
+def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, nprobe, ef, k_factor, tail_correction,
+            dtype, device, min_r2, json_out):
+    """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
+    with open_index(file) as f:
+        machine = machine or f.machine.value
+        sched = parse_schedule(schedule)
+        approx = make_denoiser(machine, sched, index=f, topk=topk, nprobe=nprobe, ef=ef, k_factor=k_factor,
+                               tail_samples=tail_correction, dtype=DTYPES[dtype])
+        exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=resolve_device(device))
+        seeds = list(range(seed, seed + num_seeds))
+        labels = sample_labels(num_seeds, label, len(f.meta["classes"]))
+        report = validate_engines(exact, approx, seeds, (f.channels, f.height, f.width), sched.steps, labels,
+                                  batch_size, progress=True)
+    click.echo(f"{'step':>4} {'t':>5} {'k':>3} {'max|dD| med':>12} {'max|dD| max':>12} {'ignored bound':>14} {'tail share':>11}")
+    for s in report["steps"]:
+        click.echo(f"{s['step']:>4} {s['t']:>5.2f} {s['k']:>3} {s['max_abs_diff_median']:>12.2e} {s['max_abs_diff_max']:>12.2e} "
+                   f"{s['bound_max_median']:>14.2e} {s['tail_share_median']:>11.2e}")
+    for sd, r2 in zip(report["seeds"], report["r2"]):
+        click.echo(f"seed {sd}: r^2 {r2:.5f}")
+    sec = report["seconds_per_sample"]
+    click.echo(f"median r^2 {report['r2_median']:.5f} (min {report['r2_min']:.5f}) over {num_seeds} seeds; "
+               f"exact {sec['exact']:.2f} s/sample, approx {sec['approx']:.2f} s/sample, speedup {report['speedup']:.1f}x")
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump({**report, "settings": {"file": file, "machine": machine, "schedule": list(sched.sizes), "label": label,
+                                              "topk": topk, "nprobe": nprobe, "k_factor": k_factor,
+                                              "tail_correction": tail_correction, "batch_size": batch_size}}, fh, indent=2)
+    if report["r2_median"] < min_r2:
+        click.echo(f"FAIL: median r^2 {report['r2_median']:.5f} < --min-r2 {min_r2}", err=True)
+        sys.exit(1)

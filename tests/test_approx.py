@@ -1,0 +1,122 @@
+"""The approximate engine against the exact one: equal when K covers everything, bounded otherwise."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from patchdb.data import Dataset
+from patchdb.errors import PatchdbError
+from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
+from patchdb.score import ExactMachine, make_denoiser
+from patchdb.score.approx import ApproxMachine, validate_engines
+
+
+def random_dataset(n, c, h, w, seed, classes=2) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, c, h, w), generator=g, dtype=torch.uint8)
+    labels = (torch.arange(n) * classes // n).long()
+    return Dataset(images, labels, tuple(str(i) for i in range(classes)), f"r{seed}", {"policy": "none"})
+
+
+def engines(tmp_path, ds, machine, sizes, name="i.h5", **options):
+    path = tmp_path / name
+    if not path.exists():
+        build_index_file(ds, path, BuildConfig(machine, tuple(sizes)), progress=False)
+    f = IndexFile(path)
+    approx = make_denoiser(machine, None, index=f, **options)
+    exact = ExactMachine(ds.to_float(options.get("dtype", torch.float32)), machine, labels=ds.labels)
+    return approx, exact
+
+
+@pytest.mark.parametrize("machine", ["els", "bbels"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_all_flat_equals_exact(tmp_path, machine, dtype):
+    """Flat index and K >= every candidate: approx == exact to 1e-5 (float64 exact reference).
+
+    In float32 the exact engine itself sits ~2e-5 from the float64 answer at t = 0.05 (logits ~1e3),
+    so both engines are held to the float64 reference rather than to each other.
+    """
+    ds = random_dataset(8, 2, 9, 8, seed=1)
+    approx, _ = engines(tmp_path, ds, machine, (1, 3, 5, 9), topk=10_000, dtype=dtype)
+    exact = ExactMachine(ds.to_float(torch.float64), machine, labels=ds.labels)
+    x = torch.randn(3, 2, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(dtype).double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    for k, t in [(1, 0.5), (3, 0.2), (5, 0.7), (9, 1.0), (3, 0.05)]:
+        got, want = approx.denoise(x.to(dtype), t, k=k), exact.denoise(x, t, k=k)
+        assert got.dtype == dtype
+        assert (got.double() - want).abs().max() < tol
+        assert approx.reports[-1].bound_max == 0.0
+        lab = torch.tensor([0, 1, 1])
+        got = approx.denoise(x.to(dtype), t, k=k, labels=lab)
+        assert (got.double() - exact.denoise(x, t, k=k, labels=lab)).abs().max() < tol
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), k=st.sampled_from([3, 5]), t=st.floats(0.05, 1.0),
+       topk=st.integers(1, 40), label=st.sampled_from([None, 0, 1]), machine=st.sampled_from(["els", "bbels"]))
+def test_property_error_within_ignored_mass_bound(tmp_path_factory, seed, k, t, topk, label, machine):
+    """|approx - exact| <= ignored share bound x value range (Flat: exact retrieval, so the bound is rigorous)."""
+    tmp = tmp_path_factory.mktemp("p")
+    ds = random_dataset(6, 1, 7, 7, seed=seed)
+    approx, exact = engines(tmp, ds, machine, (3, 5), topk=topk, dtype=torch.float64)
+    x = torch.randn(2, 1, 7, 7, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    labels = None if label is None else torch.full((2,), label)
+    got, want = approx.denoise(x, t, k=k, labels=labels), exact.denoise(x, t, k=k, labels=labels)
+    values = ds.to_float(torch.float64)
+    spread = float(values.max() - values.min())
+    assert (got - want).abs().max() <= approx.reports[-1].bound_max * spread + 1e-9
+    if topk >= 6 * 49:
+        assert (got - want).abs().max() < 1e-9
+
+
+def test_tail_correction_reduces_error_at_high_noise(tmp_path):
+    ds = random_dataset(30, 1, 8, 8, seed=3)
+    plain, exact = engines(tmp_path, ds, "bbels", (5,), topk=4)
+    tailed, _ = engines(tmp_path, ds, "bbels", (5,), topk=4, tail_samples=2000)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = exact.denoise(x, 1.0, k=5)
+    err_plain = (plain.denoise(x, 1.0, k=5) - want).abs().max()
+    err_tail = (tailed.denoise(x, 1.0, k=5) - want).abs().max()
+    assert err_tail < 0.5 * err_plain
+    assert tailed.reports[-1].tail_used and tailed.reports[-1].tail_median > 0.5
+    assert math.isnan(plain.reports[-1].tail_median)
+
+
+def test_denoiser_contract_and_errors(tmp_path):
+    ds = random_dataset(8, 1, 8, 8, seed=4)
+    path = tmp_path / "c.h5"
+    build_index_file(ds, path, BuildConfig("bbels", (3, 5)), progress=False)
+    f = IndexFile(path)
+    approx = ApproxMachine(f, "bbels", "3,5,5", topk=10_000)
+    exact = ExactMachine(ds.to_float(), "bbels", "3,5,5")
+    x = torch.randn(2, 1, 8, 8)
+    for t in (1.0, 2 / 3, 1 / 3):
+        assert (approx(x, t) - exact(x, t)).abs().max() < 1e-5
+    assert [r.k for r in approx.reports] == [5, 5, 3]
+    with pytest.raises(PatchdbError, match="sampler steps"):
+        approx(x, 0.5)
+    with pytest.raises(PatchdbError, match=r"patch sizes \[7\].*--scales 7 --add"):
+        ApproxMachine(f, "bbels", "3,7")
+    with pytest.raises(PatchdbError, match="no training images"):
+        approx.denoise(x, 0.5, k=3, labels=torch.tensor([5, 5]))
+    with pytest.raises(PatchdbError, match="shape"):
+        approx.denoise(torch.randn(1, 3, 8, 8), 0.5, k=3)
+    with pytest.raises(PatchdbError, match="outside"):
+        approx.denoise(x, 0.0, k=3)
+    els = ApproxMachine(f, "els", "3", topk=10_000)  # a bbELS file also serves ELS (same interior index)
+    assert (els(x, 1.0) - ExactMachine(ds.to_float(), "els", "3")(x, 1.0)).abs().max() < 1e-5
+
+
+def test_validate_engines_identical_when_exact(tmp_path):
+    ds = random_dataset(6, 1, 8, 8, seed=6)
+    path = tmp_path / "v.h5"
+    build_index_file(ds, path, BuildConfig("bbels", (3, 5)), progress=False)
+    f = IndexFile(path)
+    approx = make_denoiser("bbels", "3,5", index=f, topk=10_000)
+    exact = make_denoiser("bbels", "3,5", index=f, exact=True)
+    rep = validate_engines(exact, approx, [0, 1, 2], (1, 8, 8), 2, torch.tensor([0, 1, 0]), batch_size=2)
+    assert rep["r2_median"] > 1 - 1e-8 and len(rep["steps"]) == 2
+    assert all(s["max_abs_diff_max"] < 1e-5 for s in rep["steps"])

@@ -1,0 +1,101 @@
+"""build -> info -> sample --index -> validate through the CLI, bad inputs, and kill -9 mid-build."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+
+BUILD = ["build", "--limit", "12", "--scales", "3,5", "--recall-k", "8"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def built(tmp_path):
+    out = tmp_path / "i.h5"
+    res = run(*BUILD, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_build_info_sample_validate(tmp_path, built):
+    with h5py.File(built) as h5:
+        assert h5.attrs["format"] == "patchdb-index" and h5["images"].shape == (12, 1, 32, 32)
+    res = run("info", built)
+    assert res.exit_code == 0 and "interior" in res.output and "memory to load" in res.output
+    info = json.loads(run("info", built, "--json").output)
+    assert info["metadata"]["sizes"] == [3, 5] and info["sizes"]["5"][0]["plan"]["key"] == "Flat"
+    out = tmp_path / "s.h5"
+    res = run("sample", "--index", built, "-s", "3,5", "-n", "2", "--topk", "16", "--label", "all", "-o", out)
+    assert res.exit_code == 0, res.output
+    with h5py.File(out) as h5:
+        assert h5["samples"].shape == (2, 1, 32, 32)
+        meta = json.loads(h5.attrs["metadata"])
+        assert meta["engine"] == "approx" and len(meta["step_reports"]) == 2
+    res = run("sample", "--index", built, "--exact", "-s", "3,5", "-n", "1", "-o", tmp_path / "e.h5")
+    assert res.exit_code == 0, res.output
+    report, small = tmp_path / "v.json", tmp_path / "small.h5"
+    assert run("build", "--limit", "3", "--scales", "3,5", "--out", small).exit_code == 0
+    res = run("validate", small, "-s", "3,5", "--seeds", "2", "--topk", "100000", "--min-r2", "0.999", "--json-out", report)
+    assert res.exit_code == 0, res.output
+    assert "median r^2 1.0000" in res.output and json.loads(report.read_text())["r2_median"] > 0.999999
+    res = run("validate", built, "-s", "3,5", "--seeds", "1", "--topk", "1", "--tail-correction", "0", "--min-r2", "0.9999")
+    assert res.exit_code == 1 and "FAIL" in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sample", "--index", "{f}", "-s", "3,7"], "no index for patch sizes [7]"),
+    (["info", "{missing}"], "does not exist"),
+    (["build", "--limit", "12", "--scales", "3", "--out", "{f}"], "already exists"),
+    (["build", "--limit", "10", "--scales", "3", "--index-key", "Flat", "--memory", "1kB", "--out", "{new}"], "over --memory"),
+    (["build", "--limit", "10", "--scales", "3", "--index-key", "Bogus12", "--out", "{new}"], "FAISS cannot build index key"),
+    (["build", "--limit", "10", "--scales", "3", "--memory", "lots", "--out", "{new}"], "--memory 'lots'"),
+    (["build", "--limit", "10", "--dataset", "mnist", "--root", "{tmp}", "--scales", "3", "--out", "{new}"], ""),
+    (["validate", "{trunc}"], "truncated or corrupted"),
+    (["build", "--limit", "10", "--scales", "3", "--add", "--machine", "els", "--out", "{f}"], "another dataset"),
+])
+def test_bad_inputs_one_line_exit_2(tmp_path, built, args, message):
+    trunc = tmp_path / "t.h5"
+    trunc.write_bytes(built.read_bytes()[:3000])
+    fill = {"f": built, "missing": tmp_path / "none.h5", "new": tmp_path / "new.h5", "trunc": trunc, "tmp": tmp_path}
+    res = run(*[a.format(**fill) for a in args])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output
+
+
+def test_add_names_the_command_and_works(tmp_path, built):
+    res = run("validate", built, "-s", "3,5,7", "--seeds", "1")
+    assert res.exit_code == 2 and "--scales 7 --add" in res.output
+    res = run("build", "--limit", "12", "--scales", "7", "--add", "--recall-k", "8", "--out", built)
+    assert res.exit_code == 0, res.output
+    assert json.loads(run("info", built, "--json").output)["metadata"]["sizes"] == [3, 5, 7]
+
+
+def test_kill_9_leaves_nothing_info_accepts_and_rerun_completes(tmp_path):
+    out = tmp_path / "k.h5"
+    cmd = [sys.executable, "-m", "cli.main", "build", "--limit", "300", "--scales", "3,5,7,9", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "k.h5.partial"
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(partial.glob("*.faiss")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = run("info", out)
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = run("build", "--limit", "300", "--scales", "3,5,7,9", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert run("info", out).exit_code == 0 and not partial.exists()
