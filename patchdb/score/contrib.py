@@ -41,13 +41,13 @@ class Logits:
     bias_coef: float
 
     @classmethod
-    def at(cls, t: float) -> "Logits":
+    def at(cls, t: float) -> Logits:
         """The weights of SPEC.md at time ``t``: ``-|x - a phi|^2 / 2 b^2`` up to a per-query constant."""
         a, b = alpha_sigma(t)
         return cls(scale=a / b**2, bias_coef=-(a * a) / (2 * b**2))
 
     @classmethod
-    def distance(cls) -> "Logits":
+    def distance(cls) -> Logits:
         """``-|x - phi|^2 / 2`` up to ``-|x|^2 / 2``: ranks candidates by plain window distance."""
         return cls(scale=1.0, bias_coef=-0.5)
 
@@ -88,22 +88,29 @@ class Contributors:
 class TopAccumulator:
     """Running top-m logits, log-sum-exp, entropy and weighted values of (G, M) query rows.
 
-    The entropy needs ``sum_j e_j l_j`` with ``e_j = exp(l_j - max)``; since ``l_j = <q, c_j>`` is
-    linear in the augmented candidate ``c_j``, that sum is ``<q, sum_j e_j c_j>``, so it rides
-    along in the same matrix product as the weighted values instead of an extra pass over the
-    (M, P) block. With ``S = sum_j e_j``: ``H = max + log S - sum_j e_j l_j / S``.
+    The entropy needs ``sum_j e_j l_j`` with ``e_j = exp(l_j - max)``. For small windows it rides
+    along in the values' matrix product: ``l_j = <q, c_j>`` is linear in the augmented candidate
+    ``c_j``, so the sum is ``<q, sum_j e_j c_j>``. For large windows (where that product would cost
+    as much as the logits) it is a per-row dot product of ``e`` with the shifted logits instead.
+    With ``S = sum_j e_j``: ``H = max + log S - sum_j e_j l_j / S``.
     """
+
+    #: Above this many augmented features the entropy is summed elementwise (see the class doc).
+    VIA_PRODUCT_MAX = 32
 
     def __init__(self, queries: torch.Tensor, m: int, value_dim: int):
         self.q = queries  # (G, M, K+1)
         shape = queries.shape[:2]
         dtype, device = queries.dtype, queries.device
         self.m, self.value_dim = m, value_dim
+        self.via_product = queries.shape[-1] <= self.VIA_PRODUCT_MAX
         self.top = torch.full((*shape, m), float("-inf"), dtype=dtype, device=device)
         self.top_ids = torch.full((*shape, m), -1, dtype=torch.long, device=device)
         self.max: torch.Tensor | None = None
-        # sum e*v (V), sum e (1), sum e*c (K+1)
-        self.acc = torch.zeros((*shape, value_dim + 1 + queries.shape[-1]), dtype=dtype, device=device)
+        extra = queries.shape[-1] if self.via_product else 0
+        # sum e*v (V), sum e (1), then sum e*c (K+1) or nothing
+        self.acc = torch.zeros((*shape, value_dim + 1 + extra), dtype=dtype, device=device)
+        self.e_rel = torch.zeros(shape, dtype=dtype, device=device)  # sum e * (l - max), elementwise mode
 
     def add(self, logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor, cands: torch.Tensor) -> None:
         """Fold in a block: ``logits`` (G, M, P) (overwritten), ``ids`` (G, P), ``values`` (G, P, V+1)
@@ -112,10 +119,19 @@ class TopAccumulator:
         self._merge_top(logits, ids, block_max)
         new_max = block_max if self.max is None else torch.maximum(self.max, block_max)
         if self.max is not None:
-            self.acc.mul_(torch.exp(self.max - new_max).unsqueeze(-1))
+            shift = self.max - new_max  # <= 0
+            if not self.via_product:
+                self.e_rel.add_(shift * self.acc[..., self.value_dim])
+                self.e_rel.mul_(shift.exp())
+            self.acc.mul_(shift.exp().unsqueeze(-1))
         self.max = new_max
-        logits.sub_(new_max.unsqueeze(-1)).clamp_(min=-LOG_FLOOR).exp_()
-        self.acc.add_(torch.bmm(logits, torch.cat([values, cands], dim=-1)))
+        rel = logits.sub_(new_max.unsqueeze(-1)).clamp_(min=-LOG_FLOOR)
+        if self.via_product:
+            self.acc.add_(torch.bmm(rel.exp_(), torch.cat([values, cands], dim=-1)))
+            return
+        e = rel.exp()
+        self.e_rel.add_(torch.linalg.vecdot(e, rel))
+        self.acc.add_(torch.bmm(e, values))
 
     def _merge_top(self, logits: torch.Tensor, ids: torch.Tensor, block_max: torch.Tensor) -> None:
         """Merge the block's best into the running top-m, only for rows the block can change."""
@@ -141,8 +157,10 @@ class TopAccumulator:
 
     def entropy(self) -> torch.Tensor:
         s = self._sum_e()
-        e_l = (self.acc[..., self.value_dim + 1 :] * self.q).sum(-1)
-        return (self.max + s.log() - e_l / s).clamp_(min=0.0)
+        if self.via_product:
+            e_l = (self.acc[..., self.value_dim + 1 :] * self.q).sum(-1)
+            return (self.max + s.log() - e_l / s).clamp_(min=0.0)
+        return (s.log() - self.e_rel / s).clamp_(min=0.0)
 
     def values(self) -> torch.Tensor:
         return self.acc[..., : self.value_dim] / self.acc[..., self.value_dim : self.value_dim + 1]
@@ -196,8 +214,18 @@ def local_contributors(
     ids_of = _image_ids(image_ids, images)
     queries = unfold_windows(x, k, geom.query_padding) * coef.scale  # (B, K, HW)
     out = _empty_result(b, c, h, w, m, x.dtype)
-    for group in geom.groups:
-        acc = _group_pass(queries, images, ids_of, group, k, coef, m, block_bytes, h * w)
+    accs = [_group_queries(queries, group, m, images.shape[1]) for group in geom.groups]
+    per_image = sum(acc.q.shape[0] * acc.q.shape[1] * g.cand_pos.shape[1] for acc, g in zip(accs, geom.groups))
+    step = max(1, block_bytes // max(per_image * queries.element_size(), 1))
+    for start in range(0, images.shape[0], step):
+        block = images[start : start + step]
+        padded = _Windows(block, k)  # one unfold per block, shared by the groups
+        for acc, group in zip(accs, geom.groups):
+            cands, values = _candidates(padded, block, group.cand_pos, coef)
+            ids = (ids_of[start : start + step].view(1, -1, 1) * (h * w) + group.cand_pos.unsqueeze(1)).reshape(
+                group.cand_pos.shape[0], -1)
+            acc.add(torch.bmm(acc.q, cands.transpose(1, 2)), ids, values, cands)
+    for acc, group in zip(accs, geom.groups):
         _scatter_group(out, acc, group, b, mass)
     out.denoised = out.denoised.view(b, c, h, w)
     return out
@@ -209,48 +237,50 @@ def _image_ids(image_ids: torch.Tensor | None, images: torch.Tensor) -> torch.Te
     return torch.as_tensor(image_ids, dtype=torch.long).cpu()
 
 
-def _group_pass(queries, images, ids_of, group: Group, k: int, coef: Logits, m: int, block_bytes: int, hw: int):
-    """Stream the training set for the queries of one group; returns the filled accumulator."""
+def _group_queries(queries: torch.Tensor, group: Group, m: int, channels: int) -> TopAccumulator:
+    """An accumulator over the augmented queries of one group, (G, B*mq, K+1)."""
     n_batch, n_feat, _ = queries.shape
     n_groups, mq = group.query_pos.shape
     q = queries[:, :, group.query_pos.reshape(-1)].view(n_batch, n_feat, n_groups, mq)
-    q = with_ones(q.permute(2, 0, 3, 1).reshape(n_groups, n_batch * mq, n_feat))  # (G, B*mq, K+1)
-    acc = TopAccumulator(q, m, images.shape[1])
-    cand_pos = group.cand_pos
-    per_image = n_groups * n_batch * mq * cand_pos.shape[1] * q.element_size()
-    step = max(1, block_bytes // max(per_image, 1))
-    for start in range(0, images.shape[0], step):
-        block = images[start : start + step]
-        cands, values = _candidates(block, cand_pos, k, coef)
-        ids = (ids_of[start : start + step].view(1, -1, 1) * hw + cand_pos.unsqueeze(1)).reshape(n_groups, -1)
-        acc.add(torch.bmm(q, cands.transpose(1, 2)), ids, values, cands)
-    return acc
+    q = with_ones(q.permute(2, 0, 3, 1).reshape(n_groups, n_batch * mq, n_feat))
+    return TopAccumulator(q, m, channels)
 
 
-def _candidates(block: torch.Tensor, cand_pos: torch.Tensor, k: int, coef: Logits):
+class _Windows:
+    """Windows of one block of training images, cut at most once per block (lazily)."""
+
+    def __init__(self, block: torch.Tensor, k: int):
+        self.block, self.k = block, k
+        self._all: torch.Tensor | None = None
+        self._inside: torch.Tensor | None = None
+
+    def at(self, flat_pos: torch.Tensor) -> torch.Tensor:
+        """(n, K, P) windows centred at ``flat_pos``, zero padded."""
+        h, w = self.block.shape[-2:]
+        r = self.k // 2
+        if r > 0 and flat_pos.numel() == (h - 2 * r) * (w - 2 * r):
+            ys, xs = torch.arange(r, h - r), torch.arange(r, w - r)
+            if torch.equal(flat_pos, (ys.view(-1, 1) * w + xs.view(1, -1)).reshape(-1)):
+                # The windows lying fully inside, in row-major order: an unpadded unfold, no gather.
+                if self._inside is None:
+                    self._inside = torch.nn.functional.unfold(self.block, kernel_size=self.k)
+                return self._inside
+        if self._all is None:
+            self._all = unfold_windows(self.block, self.k, "zeros")
+        return self._all[:, :, flat_pos]
+
+
+def _candidates(windows: _Windows, block: torch.Tensor, cand_pos: torch.Tensor, coef: Logits):
     """Augmented candidate windows (G, n*mc, K+1) and centres with ones (G, n*mc, C+1), n-major."""
     n, channels = block.shape[:2]
     n_groups, mc = cand_pos.shape
     flat_pos = cand_pos.reshape(-1)
-    windows = _windows_at(block, k, flat_pos)
-    windows = windows.view(n, -1, n_groups, mc).permute(2, 0, 3, 1).reshape(n_groups, n * mc, -1)
-    bias = windows.square().sum(-1, keepdim=True).mul_(coef.bias_coef)
+    win = windows.at(flat_pos)
+    win = win.view(n, -1, n_groups, mc).permute(2, 0, 3, 1).reshape(n_groups, n * mc, -1)
+    bias = win.square().sum(-1, keepdim=True).mul_(coef.bias_coef)
     centres = block.flatten(2)[:, :, flat_pos].view(n, channels, n_groups, mc)
     centres = centres.permute(2, 0, 3, 1).reshape(n_groups, n * mc, channels)
-    return torch.cat([windows, bias], dim=-1), with_ones(centres)
-
-
-def _windows_at(block: torch.Tensor, k: int, flat_pos: torch.Tensor) -> torch.Tensor:
-    """Windows of ``block`` centred at ``flat_pos``: (n, K, len(flat_pos))."""
-    h, w = block.shape[-2:]
-    r = k // 2
-    inside = (h - 2 * r) * (w - 2 * r)
-    if flat_pos.numel() == inside and r > 0:
-        ys, xs = torch.arange(r, h - r), torch.arange(r, w - r)
-        if torch.equal(flat_pos, (ys.view(-1, 1) * w + xs.view(1, -1)).reshape(-1)):
-            # The windows lying fully inside, in row-major order: an unpadded unfold, no gather.
-            return torch.nn.functional.unfold(block, kernel_size=k)
-    return unfold_windows(block, k, "zeros")[:, :, flat_pos]
+    return torch.cat([win, bias], dim=-1), with_ones(centres)
 
 
 def _empty_result(b: int, c: int, h: int, w: int, m: int, dtype: torch.dtype) -> Contributors:
@@ -418,5 +448,148 @@ def nearest_patches(
     res = local_contributors(x, images, None, k, machine, m=n, mass=1.0, block_bytes=block_bytes, logits=Logits.distance())
     geom = geometry(machine, k, x.shape[-2], x.shape[-1])
     x_sq = unfold_windows(x, k, geom.query_padding).square().sum(1)  # (B, HW)
+    dist = (x_sq.unsqueeze(-1) - 2 * res.logits).clamp_(min=0).sqrt()
+    return res.ids, dist, res.family
+
+
+# --------------------------------------------------------------------------------------------
+# Through a FAISS index file (patchdb.indexfile): retrieved candidates, exactly re-ranked
+# --------------------------------------------------------------------------------------------
+
+
+def _index_entries(index, machine: Machine, k: int, groups) -> list[int]:
+    """Stored entry number of each geometry group, matched by candidate positions."""
+    stored = index.entries(k)
+    found = []
+    for grp in groups:
+        match = [i for i, e in enumerate(stored)
+                 if e.cand_pos.shape == grp.cand_pos.shape and torch.equal(e.cand_pos, grp.cand_pos)]
+        if not match:
+            raise PatchdbError(f"{index.path} has no {grp.family} candidates for k={k}; rebuild it for {machine.value}")
+        found.append(match[0])
+    return found
+
+
+def _retrieve(index, src, k: int, entry_i: int, g: int, cand_pos: torch.Tensor, q: torch.Tensor,
+              topk: int, lo: int, hi: int, a: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates of query rows ``q`` (R, d): image (R, P), flat position (R, P), valid (R, P).
+
+    Indexed families: the FAISS top-``topk`` of ``q / a`` within images ``[lo, hi)``; the others
+    (corners, LS fallback: one candidate per image) every image of the range.
+    """
+    from .. import index as fx
+
+    entry = index.entries(k)[entry_i]
+    per_image = entry.per_image
+    if not entry.indexed:
+        img = torch.arange(lo, hi).view(1, -1).expand(q.shape[0], -1)
+        pos = cand_pos[0].expand_as(img)
+        return img, pos, torch.ones_like(img, dtype=torch.bool)
+    whole = lo == 0 and hi == src.n
+    id_range = None if whole else (lo * per_image, hi * per_image)
+    # As the approximate engine retrieves (patchdb.score.approx): K times the stored k_factor, capped
+    # by what exists, and rows whose probed IVF lists were empty searched again with more lists.
+    want = min(topk * int(entry.info.get("k_factor", 1)), (hi - lo) * per_image)
+    sub = index.index(k, entry_i, g)
+    queries = (q / a).float().numpy()
+    _, ids = fx.search(sub, queries, want, 0, 0, id_range)
+    ids = torch.from_numpy(ids).long()
+    ivf = fx._ivf(sub)
+    if ivf is not None:
+        empty = (ids < 0).all(1).nonzero().view(-1)
+        nprobe = max(1, int(ivf.nprobe))
+        while empty.numel() and nprobe < ivf.nlist:
+            nprobe = min(ivf.nlist, nprobe * 8)
+            _, again = fx.search(sub, queries[empty.numpy()], want, nprobe, 0, id_range)
+            ids[empty] = torch.from_numpy(again).long()
+            empty = empty[(ids[empty] < 0).all(1)]
+    valid = ids >= 0
+    safe = ids.clamp(min=0)
+    return safe // per_image, cand_pos[safe % per_image], valid
+
+
+def index_contributors(
+    x: torch.Tensor,
+    index,
+    t: float | None,
+    k: int,
+    machine: Machine | str,
+    m: int = 16,
+    mass: float = 0.9,
+    topk: int = 64,
+    image_range: tuple[int, int] | None = None,
+    distance: bool = False,
+) -> Contributors:
+    """Top contributors through an index file: FAISS top-``topk`` per window, exact re-rank.
+
+    Weights are normalised over the retrieved candidates (as the approximate engine does, SPEC.md
+    "Approximate mode"); the families the file does not index are scanned exactly. With
+    ``distance=True`` the logits are ``-|x - phi|^2 / 2`` (for :func:`nearest_patches_index`).
+    """
+    from ..indexfile import PatchSource
+
+    check_mass(mass, m)
+    machine = Machine.parse(machine)
+    b, c, h, w = x.shape
+    geom = geometry(machine, k, h, w)
+    a, bb = (1.0, 1.0) if distance else alpha_sigma(t)
+    src = getattr(index, "_contrib_source", None)
+    if src is None or src.pad < k // 2:
+        src = PatchSource(index.images(), max(index.sizes) // 2, x.dtype)
+        index._contrib_source = src  # the float images are reused across steps
+    lo, hi = image_range or (0, src.n)
+    queries = unfold_windows(x, k, geom.query_padding)  # (B, d, HW)
+    out = _empty_result(b, c, h, w, m, x.dtype)
+    for grp, entry_i in zip(geom.groups, _index_entries(index, machine, k, geom.groups)):
+        for g in range(grp.query_pos.shape[0]):
+            qpos = grp.query_pos[g]
+            q = queries[:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1])  # (B*mq, d)
+            img, pos, valid = _retrieve(index, src, k, entry_i, g, grp.cand_pos[g], q, topk, lo, hi, a)
+            win = src.windows(img, pos, k).to(x.dtype)  # (R, P, d)
+            if distance:
+                logits = torch.einsum("rd,rpd->rp", q, win).add_(win.square().sum(-1).mul_(-0.5))
+            else:  # -|x - a phi|^2 / 2b^2 as a difference, in float64 (no cancellation; as the engine)
+                d2 = win.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1)
+                logits = d2.mul_(-0.5 / (bb * bb)).to(x.dtype)
+            logits.masked_fill_(~valid, float("-inf"))
+            ids = torch.where(valid, img * (h * w) + pos, torch.full_like(img, -1))
+            _fill_rows(out, logits, ids, src.centres(img, pos).to(x.dtype), qpos, b, m, mass, FAMILY_CODE[grp.family])
+    out.denoised = out.denoised.view(b, c, h, w)
+    return out
+
+
+def _fill_rows(out: Contributors, logits, ids, centres, qpos, b: int, m: int, mass: float, family: int) -> None:
+    """Normalise rows (R = B * len(qpos), P) over their candidates and write them to pixels ``qpos``."""
+    log_norm = torch.logsumexp(logits, dim=-1)
+    wts = (logits - log_norm.unsqueeze(-1)).exp()
+    ent = -(wts * torch.where(wts > 0, logits - log_norm.unsqueeze(-1), torch.zeros_like(wts))).sum(-1)
+    mm = min(m, logits.shape[-1])
+    top, pick = logits.topk(mm, dim=-1)
+    top_w = (top - log_norm.unsqueeze(-1)).exp()
+    top_ids = ids.gather(1, pick)
+    count, covered = cover(top_w, mass)
+    shape = (b, len(qpos))
+    out.ids[:, qpos, :mm] = top_ids.view(*shape, mm)
+    out.weights[:, qpos, :mm] = top_w.view(*shape, mm)
+    out.logits[:, qpos, :mm] = top.view(*shape, mm)
+    out.count[:, qpos] = count.view(shape)
+    out.covered[:, qpos] = covered.view(shape)
+    out.entropy[:, qpos] = ent.view(shape).clamp(min=0)
+    out.log_norm[:, qpos] = log_norm.view(shape)
+    out.family[qpos] = family
+    out.denoised[:, :, qpos] = torch.einsum("rp,rpc->rc", wts, centres).view(*shape, -1).permute(0, 2, 1)
+
+
+def nearest_patches_index(x: torch.Tensor, index, k: int, machine: Machine | str = Machine.BBELS, n: int = 5,
+                          image_range: tuple[int, int] | None = None, topk: int | None = None):
+    """:func:`nearest_patches` through an index file (FAISS retrieval, exact distances)."""
+    machine = Machine.parse(machine)
+    if machine is Machine.IS:
+        raise PatchdbError("the IS machine has no windows; query with --machine ls, els or bbels")
+    index.check(machine, [k])
+    res = index_contributors(x, index, None, k, machine, m=n, mass=1.0, topk=topk or max(32, 4 * n),
+                             image_range=image_range, distance=True)
+    geom = geometry(machine, k, x.shape[-2], x.shape[-1])
+    x_sq = unfold_windows(x, k, geom.query_padding).square().sum(1)
     dist = (x_sq.unsqueeze(-1) - 2 * res.logits).clamp_(min=0).sqrt()
     return res.ids, dist, res.family

@@ -1,0 +1,125 @@
+"""``patchdb attribute``: per pixel and step, the training patches that made each sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from patchdb.attribute import (
+    attrib_path,
+    attribute_file,
+    read_attribution,
+    samples_fingerprint,
+    storage_bytes,
+    summarize,
+    training_set_of,
+)
+from patchdb.errors import PatchdbError
+from patchdb.indexfile import open_index
+from patchdb.store import check_writable, read_samples
+
+from .options import DTYPES
+
+
+def parse_ints(text: str | None, what: str, count: int | None = None) -> list[int] | None:
+    """'3,4' -> [3, 4]; one-line error otherwise."""
+    if text is None:
+        return None
+    try:
+        vals = [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise PatchdbError(f"{what} '{text}' is not a comma list of integers, e.g. 16,16") from None
+    if count is not None and len(vals) != count:
+        raise PatchdbError(f"{what} '{text}' needs {count} integers separated by commas")
+    return vals
+
+
+def _reusable(out: Path, samples: Path, mass: float, max_contrib: int, rows: list[int] | None):
+    """The existing attribution file if it was made for these samples and settings, else None."""
+    if not out.exists():
+        return None
+    try:
+        attr = read_attribution(out)
+    except PatchdbError:
+        return None
+    meta = attr.meta
+    same = (meta.get("samples_fingerprint") == samples_fingerprint(read_samples(samples))
+            and abs(meta.get("mass", -1) - mass) < 1e-12 and meta.get("max_contrib") == max_contrib
+            and (rows is None or list(attr.sample_index) == rows))
+    return attr if same else None
+
+
+def _table(rows: list[dict], classes) -> str:
+    head = (f"{'sample':>6} {'distinct imgs':>13} {'dominant share':>14} {'top source':>16} "
+            f"{'eff. sources first->last step':>30} {'nearest train (rms)':>20}")
+    lines = [head]
+    for r in rows:
+        lab = r["top_source_label"]
+        name = "" if lab is None else f" ({classes[lab] if classes else lab})"
+        eff = r["effective_sources"]
+        lines.append(f"{r['sample']:>6} {r['distinct_images']:>13} {r['dominant_share']:>14.2f} "
+                     f"{'#' + str(r['top_source']) + name:>16} {eff[0]:>14.1f} -> {eff[-1]:<12.2f} "
+                     f"#{r['nearest_image']} ({r['nearest_rms']:.3f})".rstrip())
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("samples", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Attribution file (default: SAMPLES.attrib.h5 beside the samples).")
+@click.option("--mass", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.9,
+              help="Share of each pixel's weight the stored contributors must cover.")
+@click.option("--max-contrib", "-m", type=click.IntRange(min=1, max=1024), default=8,
+              help="Most contributors stored per pixel and step (the top ones, largest weight first).")
+@click.option("--samples", "sample_ids", default=None, help="Comma list of sample ids to attribute (default: all).")
+@click.option("--dataset", "-d", default=None, help="Training set to reload (default: the one the sample file records).")
+@click.option("--root", type=click.Path(), default=None, help="Folder of the named dataset (default: as recorded).")
+@click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
+              help="Index file (patchdb build) of the same training set: approximate mode, FAISS top-K per window.")
+@click.option("--topk", type=click.IntRange(min=1), default=64, help="With --index: candidates retrieved per window.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64",
+              help="Precision of the weights (float64 agrees with SPEC.md to ~1e-9; float32 is ~2x faster).")
+@click.option("--block-mb", type=click.FloatRange(min=0.01), default=16.0, help="Size of one block of logits in MiB.")
+@click.option("--plots", type=click.Path(file_okay=False), default=None,
+              help="Folder for the pictures: mosaic map, time strip, one pixel's sources (per sample).")
+@click.option("--pixel", default=None, help="Pixel 'y,x' of the per-pixel picture (default: the centre).")
+@click.option("--recompute", is_flag=True, help="Recompute even if --out already holds this attribution.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
+def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, topk, dtype, block_mb, plots, pixel, recompute,
+            as_json):
+    """Which training patches made each pixel of each sample, at each step (exact, or --index).
+
+    Reloads the training set the sample file records (refusing another one by fingerprint),
+    rebuilds every step's x_t from the seeds and the stored trajectory, stores per pixel the
+    top contributors covering --mass of the weight in SAMPLES.attrib.h5, prints per-sample
+    summaries, and with --plots draws the pictures.
+    """
+    samples = Path(samples)
+    out = check_writable(out or attrib_path(samples))
+    rows = parse_ints(sample_ids, "--samples")
+    pix = parse_ints(pixel, "--pixel", 2)
+    stored = read_samples(samples)
+    meta = stored["metadata"]
+    if pix is not None:
+        h, w = stored["samples"].shape[-2:]
+        if not (0 <= pix[0] < h and 0 <= pix[1] < w):
+            raise PatchdbError(f"--pixel {pix[0]},{pix[1]} is outside the {h}x{w} image; use 0 <= y < {h}, 0 <= x < {w}")
+    index = open_index(index_path) if index_path else None
+    train = training_set_of(meta, dataset, root, index)
+    attr = None if recompute else _reusable(out, samples, mass, max_contrib, rows)
+    if attr is None:
+        attr, out = attribute_file(samples, out, mass, max_contrib, rows, dataset, root, DTYPES[dtype],
+                                   int(block_mb * 2**20), progress=True, index=index, topk=topk)
+        click.echo(f"wrote {out} ({attr.meta['seconds']:.1f} s, {storage_bytes(out)['file'] / 1e6:.2f} MB)", err=True)
+    else:
+        click.echo(f"reusing {out} (same samples and settings; --recompute to redo)", err=True)
+    summary = summarize(attr, train.to_float(), train.labels)
+    click.echo(json.dumps(summary, indent=1) if as_json else _table(summary, train.classes))
+    if plots:
+        from patchdb.attribution_plots import all_plots
+
+        files = all_plots(attr, train.to_float().numpy(), plots, tuple(pix) if pix else None,
+                          train.labels.numpy(), train.classes)
+        click.echo(f"wrote {len(files)} pictures to {plots}", err=True)
