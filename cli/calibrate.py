@@ -1,0 +1,56 @@
+"""``patchdb calibrate``: per-step patch sizes of a machine that best match a trained network."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from patchdb.calibrate import calibrate, check_sizes, write_calibration
+from patchdb.compare import machine_factory
+from patchdb.errors import PatchdbError
+from patchdb.spec import Machine
+from patchdb.store import check_writable
+
+from .compare import network_options, setup
+from .options import DTYPES, dataset_options
+
+
+@click.command()
+@dataset_options
+@network_options
+@click.option("--machine", "-m", default="bbels", help="Local machine to calibrate: bbels, els or ls.")
+@click.option("--sizes", default="3,5,7,9,11,13,15", help="Candidate odd patch sizes, comma separated.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json",
+              help="Schedule JSON (usable as --schedule); the heat map PNG goes beside it.")
+def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, steps, label,
+            batch_size, device, dtype, block_mb, index, topk, threads, machine, sizes, out):
+    """Calibrate a scale schedule against a trained network (cosine of scores, median over seeds)."""
+    out = check_writable(out)
+    machine = Machine.parse(machine)
+    if machine is Machine.IS:
+        raise PatchdbError("IS has no patch size to calibrate; choose bbels, els or ls")
+    try:
+        candidates = [int(k) for k in sizes.split(",")]
+    except ValueError:
+        raise PatchdbError(f"--sizes '{sizes}' is not a comma list of odd integers, e.g. 3,5,7") from None
+    dev, data, net, cfg, _info, seeds, labels, images = setup(
+        dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, label, device, dtype, threads)
+    candidates = check_sizes(candidates, data.height, data.width)
+    make = machine_factory(machine, images, data.labels, dev, int(block_mb * 2**20), index, topk, data.fingerprint())
+    click.echo(f"calibrating {machine.value} against {cfg.arch} ({cfg.padding}) over {num} seeds, sizes {list(candidates)}, "
+               f"{len(data)} training images of {data.name}", err=True)
+    start = time.perf_counter()
+    cal = calibrate(net, make, (data.channels, data.height, data.width), seeds, candidates, steps, labels,
+                    batch_size, dev, DTYPES[dtype], progress=True)
+    cal.settings = {
+        "name": f"calibrated-{machine.value}-{Path(str(checkpoint)).name}", "command": "calibrate",
+        "checkpoint": str(checkpoint), "model": cfg.to_dict(), "machine": machine.value, "steps": steps, "seed": seed,
+        "num": num, "label": label, "engine": "approx" if index else "exact", "dataset": data.meta,
+        "fingerprint": data.fingerprint(), "device": str(dev), "dtype": dtype,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    path, png = write_calibration(cal, out)
+    click.echo(f"schedule {','.join(str(k) for k in cal.schedule.sizes)} (step 1 = lowest noise first)")
+    click.echo(f"wrote {path} and {png} ({cal.settings['seconds']:.0f} s)")

@@ -1,0 +1,174 @@
+"""Scale calibration of a machine against a trained network (SPEC.md "Calibration and comparison").
+
+Run the network's DDIM sampler from each seed; at every step ``i`` (time ``t = i/S``) compare, at the
+``x`` the sampler holds, the network's score ``-eps_net / b_t`` with the machine's score
+``-(x - a_t D_k) / b_t^2`` for every candidate size ``k`` by cosine similarity over all pixels and
+channels. A seed's best size at step ``i`` maximises the cosine; the schedule is the per-step median
+over seeds (the lower median, so it is always one of the candidates).
+
+The machine comes from a *factory* ``make(schedule) -> denoiser``, so the exact engine and the
+approximate (index) engine plug in the same way; only ``D(x, t, labels)`` is ever called.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import PatchdbError
+from .sample import Denoiser, ddim_sample, initial_noise
+from .schedule import ScaleSchedule, alpha_sigma, check_patch_size
+from .store import atomic_write
+
+log = logging.getLogger(__name__)
+
+MachineFactory = Callable[[ScaleSchedule], Denoiser]
+
+
+@dataclass
+class Calibration:
+    sizes: tuple[int, ...]  # candidate patch sizes
+    seeds: list[int]
+    cosine: torch.Tensor  # (S, K, M): cosine of step i (row i-1), size k, seed m
+    schedule: ScaleSchedule  # chosen sizes, scales[0] (step 1, lowest noise) first
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return self.cosine.shape[0]
+
+    def best_per_seed(self) -> torch.Tensor:
+        """(S, M) the best size of each step and seed."""
+        return torch.as_tensor(self.sizes)[self.cosine.argmax(dim=1)]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.settings.get("name", "calibrated"),
+            "sizes": list(self.schedule.sizes),
+            "candidates": list(self.sizes),
+            "seeds": list(self.seeds),
+            "mean_cosine": [[round(float(v), 6) for v in row] for row in self.cosine.mean(dim=2)],
+            "best_per_seed": self.best_per_seed().tolist(),
+            "settings": self.settings,
+            "note": "sizes[i-1] is the patch size of sampler step i (time i/S), lowest noise first (SPEC.md)",
+        }
+
+
+def check_sizes(sizes, height: int, width: int) -> tuple[int, ...]:
+    """Candidate sizes: odd, positive and no larger than the image."""
+    sizes = tuple(sorted({check_patch_size(int(k)) for k in sizes}))
+    if not sizes:
+        raise PatchdbError("give at least one candidate patch size, e.g. --sizes 3,5,7,9")
+    too_big = [k for k in sizes if k > min(height, width)]
+    if too_big:
+        raise PatchdbError(f"candidate sizes {too_big} are larger than the {height}x{width} image; use sizes up to {min(height, width)}")
+    return sizes
+
+
+def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per-image cosine similarity of (B, ...) tensors, computed in float64."""
+    u, v = u.flatten(1).double(), v.flatten(1).double()
+    return (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1)).clamp_min(1e-300)
+
+
+def lower_median(values: torch.Tensor) -> torch.Tensor:
+    """Median along the last axis; for an even count the lower of the two middle values."""
+    return values.sort(dim=-1).values[..., (values.shape[-1] - 1) // 2]
+
+
+def calibrate(
+    net: Denoiser,
+    make_machine: MachineFactory,
+    shape: tuple[int, int, int],
+    seeds: list[int],
+    sizes: tuple[int, ...],
+    steps: int = 20,
+    labels: torch.Tensor | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> Calibration:
+    """Calibrate a scale schedule for ``make_machine`` against the network denoiser ``net``.
+
+    Parameters
+    ----------
+    net : denoiser ``D(x, t, labels)`` of the trained network (e.g. :class:`EpsDenoiser`).
+    make_machine : factory ``schedule -> denoiser``; called once per candidate size with ``constant:k``.
+    shape : (C, H, W) of the images. seeds : one noise seed per sampled image (M of them).
+    sizes : candidate odd patch sizes (K). labels : (M,) class labels when conditional.
+
+    Returns
+    -------
+    :class:`Calibration` with the (S, K, M) cosine table and the chosen schedule.
+    """
+    if not seeds:
+        raise PatchdbError("calibration needs at least one seed")
+    sizes = check_sizes(sizes, shape[1], shape[2])
+    machines = [make_machine(ScaleSchedule((k,) * steps, name=f"constant:{k}")) for k in sizes]
+    table = torch.zeros(steps, len(sizes), len(seeds), dtype=torch.float64)
+    bar = tqdm(total=len(seeds) * steps, desc="calibrating", unit="step", disable=not progress)
+    try:
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start : start + batch_size]
+            n = len(chunk)
+            cols = slice(start, start + n)
+            lab = None if labels is None else labels[cols].to(device)
+            noise = initial_noise(chunk, shape, dtype).to(device)
+
+            def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n) -> torch.Tensor:
+                i = round(t * steps)
+                a, _ = alpha_sigma(t)
+                d_net = net(x, t, lab_)
+                ref = x - a * d_net  # proportional to minus the network's score
+                for j, machine in enumerate(machines):
+                    table[i - 1, j, cols] = cosine(ref, x - a * machine(x, t, lab_)).cpu()
+                bar.update(n)
+                return d_net
+
+            ddim_sample(probe, noise, steps, lab)
+    finally:
+        bar.close()
+    chosen = lower_median(torch.as_tensor(sizes)[table.argmax(dim=1)])
+    return Calibration(sizes, list(seeds), table, ScaleSchedule(tuple(int(k) for k in chosen), name="calibrated"))
+
+
+def write_calibration(cal: Calibration, path: str | Path) -> tuple[Path, Path]:
+    """Write the schedule JSON (readable by ``parse_schedule`` / ``sample --schedule``) and its heat map PNG."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(cal.to_dict(), indent=1))
+    png = path.with_suffix(".png")
+    save_heatmap(cal, png)
+    return path, png
+
+
+def save_heatmap(cal: Calibration, path: Path) -> None:
+    """Mean cosine similarity (step x size) with the chosen size of each step marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean = cal.cosine.mean(dim=2).numpy()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(cal.sizes), 1.5 + 0.25 * cal.steps))
+    im = ax.imshow(mean, aspect="auto", origin="lower", cmap="viridis")
+    ax.set_xticks(range(len(cal.sizes)), [str(k) for k in cal.sizes])
+    ax.set_yticks(range(cal.steps), [str(i + 1) for i in range(cal.steps)])
+    ax.set_xlabel("patch size k")
+    ax.set_ylabel("sampler step i (time i/S)")
+    pos = [cal.sizes.index(k) for k in cal.schedule.sizes]
+    ax.plot(pos, range(cal.steps), "o", color="red", ms=5, label="chosen (median over seeds)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8)
+    fig.colorbar(im, ax=ax, label="cosine(network score, machine score)")
+    ax.set_title(f"calibration over {len(cal.seeds)} seeds", fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,177 @@
+"""CNN baselines: models, the epsilon -> denoiser adapter, training, checkpoints and `patchdb train`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import main
+from patchdb.baselines import (
+    EpsDenoiser,
+    ModelConfig,
+    TrainConfig,
+    build_model,
+    load_checkpoint,
+    train,
+)
+from patchdb.baselines.train import check_data_fits, diffusion_loss, schedule_ab
+from patchdb.errors import PatchdbError
+from patchdb.sample import ddim_sample, initial_noise
+from patchdb.schedule import alpha_sigma
+
+torch.set_num_threads(1)
+
+
+def tiny_cfg(**kw) -> ModelConfig:
+    base = {"arch": "resnet", "channels": 1, "image_size": 8, "width": 8, "depth": 2, "emb_dim": 16}
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+class PerfectEps(torch.nn.Module):
+    """A 'network' that knows the clean image: eps_hat = (x - a_t x0) / b_t exactly."""
+
+    def __init__(self, x0: torch.Tensor):
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, x, t, labels=None):
+        a, b = schedule_ab(t)
+        return (x - a.view(-1, 1, 1, 1) * self.x0) / b.view(-1, 1, 1, 1)
+
+
+def test_schedule_ab_matches_alpha_sigma():
+    for t in (0.0, 0.05, 0.5, 0.999, 1.0):
+        a, b = schedule_ab(torch.tensor([t], dtype=torch.float64))
+        ea, eb = alpha_sigma(t)
+        assert abs(float(a) - ea) < 1e-12 and abs(float(b) - eb) < 1e-12
+
+
+def test_adapter_maps_perfect_epsilon_to_true_x0():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(3, 1, 8, 8, generator=g)
+    den = EpsDenoiser(PerfectEps(x0))
+    for t in (0.05, 0.5, 1.0):
+        a, b = alpha_sigma(t)
+        xt = a * x0 + b * eps
+        assert torch.allclose(den(xt, t), x0, atol=1e-4 if t < 1 else 2e-3)
+        assert torch.allclose(den.eps(xt, t), eps, atol=1e-4)
+
+
+def test_ddim_over_adapter_returns_the_known_image():
+    # With a perfect denoiser every DDIM step lands on x0's trajectory, so the sample is x0.
+    x0 = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)
+    res = ddim_sample(EpsDenoiser(PerfectEps(x0)), initial_noise([7], (1, 8, 8)), steps=10)
+    assert torch.allclose(res.samples, x0, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["resnet", "unet", "unet-attn"])
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_models_shapes(arch, padding):
+    net = build_model(tiny_cfg(arch=arch, padding=padding, channels=3, num_classes=4))
+    x = torch.randn(2, 3, 8, 8)
+    out = net(x, torch.tensor([0.1, 0.9]), torch.tensor([0, 3]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_circular_resnet_is_shift_equivariant_and_zero_padded_is_local():
+    torch.manual_seed(0)
+    circ = build_model(tiny_cfg(padding="circular")).eval()
+    x, t = torch.randn(1, 1, 8, 8), torch.tensor([0.3])
+    with torch.no_grad():
+        assert torch.allclose(circ(torch.roll(x, (2, 3), (2, 3)), t), torch.roll(circ(x, t), (2, 3), (2, 3)), atol=1e-5)
+    # Zero-padded ResNet with depth 2: 4 convolutions, receptive field 9x9, so radius 4 around a pixel.
+    zero = build_model(tiny_cfg(image_size=16)).eval()
+    x = torch.randn(1, 1, 16, 16, requires_grad=True)
+    zero(x, t)[0, 0, 8, 8].backward()
+    touched = (x.grad[0, 0] != 0).nonzero()
+    assert touched[:, 0].min() >= 4 and touched[:, 0].max() <= 12 and touched[:, 1].min() >= 4
+
+
+def test_conditional_network_without_labels_fails_in_one_line():
+    net = build_model(tiny_cfg(num_classes=3))
+    with pytest.raises(PatchdbError, match="class-conditional"):
+        EpsDenoiser(net, conditional=True)(torch.randn(1, 1, 8, 8), 0.5)
+    with pytest.raises(PatchdbError, match="class-conditional"):
+        net(torch.randn(1, 1, 8, 8), torch.tensor([0.5]))
+
+
+def test_tiny_model_loss_decreases():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(width=16)
+    net = build_model(cfg)
+    x0 = torch.zeros(16, 1, 8, 8)
+    x0[:, :, 2:6, 2:6] = 1.0  # one simple image: the noise is easy to predict once it is learnt
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(diffusion_loss(net, x0, None, torch.Generator().manual_seed(123)))
+
+    before = fixed_loss()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(25):
+        loss = diffusion_loss(net, x0, None, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert fixed_loss() < 0.7 * before
+
+
+def small_images(n=24, size=8):
+    g = torch.Generator().manual_seed(5)
+    return torch.rand(n, 1, size, size, generator=g) * 2 - 1
+
+
+def test_checkpoint_roundtrip_and_resume_equals_uninterrupted(tmp_path):
+    cfg, images = tiny_cfg(), small_images()
+    tc = TrainConfig(epochs=3, batch_size=8, ema=0.9, save_every=1e9)
+    info = train(cfg, tc, images, None, tmp_path / "full")
+    assert info["steps"] == 9 and info["format"] == "patchdb-checkpoint"
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 0
+    train(cfg, tc, images, None, tmp_path / "half", max_steps=4)
+    assert json.loads((tmp_path / "half" / "config.json").read_text())["steps"] == 4
+    resumed = train(cfg, tc, images, None, tmp_path / "half", resume=True)
+    assert resumed["steps"] == 9
+    a, _, _ = load_checkpoint(tmp_path / "full")
+    b, cfg_b, _ = load_checkpoint(tmp_path / "half" / "model.pt")
+    assert cfg_b == cfg
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+
+
+def test_bad_checkpoints_and_data(tmp_path):
+    cfg, images = tiny_cfg(), small_images()
+    train(cfg, TrainConfig(epochs=1, batch_size=8, ema=0), images, None, tmp_path / "ck")
+    conf = json.loads((tmp_path / "ck" / "config.json").read_text())
+    conf["model"]["arch"] = "unet"
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(PatchdbError, match="another architecture"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(PatchdbError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing")
+    with pytest.raises(PatchdbError, match="1x8x8"):
+        check_data_fits(cfg, 3, 8, 8)
+    with pytest.raises(PatchdbError, match="takes 1x8x8"):
+        train(cfg, TrainConfig(epochs=1), small_images(size=16), None, tmp_path / "other")
+    with pytest.raises(PatchdbError, match="--resume"):
+        train(cfg, TrainConfig(epochs=1), images, None, tmp_path / "fresh", resume=True)
+
+
+def test_cli_train_writes_checkpoint_and_refuses_overwrite(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--limit", "16", "--width", "4", "--depth", "1", "--epochs", "1", "-b", "8", "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.pt", "train_state.pt", "loss.png"}
+    _, cfg, info = load_checkpoint(out)
+    assert cfg.image_size == 32 and info["steps"] == 2 and info["dataset"]["count"] == 16
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = CliRunner().invoke(main, args[:-4] + ["--epochs", "2", "-b", "8", "--resume", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["steps"] == 4

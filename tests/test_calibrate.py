@@ -1,0 +1,101 @@
+"""Scale calibration: recovers a known patch size; bad sizes fail in one line; files readable by `sample`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import main
+from patchdb.calibrate import calibrate, check_sizes, cosine, lower_median, write_calibration
+from patchdb.compare import machine_factory
+from patchdb.errors import PatchdbError
+from patchdb.schedule import ScaleSchedule, parse_schedule
+from patchdb.score import ExactMachine
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A barely trained 32x32 ResNet checkpoint (the CLI's embedded MNIST is 1x32x32)."""
+    from patchdb.baselines import ModelConfig, TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ck") / "net"
+    cfg = ModelConfig(width=4, depth=1, emb_dim=8)
+    train(cfg, TrainConfig(epochs=1, batch_size=8, ema=0), torch.rand(8, 1, 32, 32) * 2 - 1, None, out)
+    return out
+
+
+def tiny_set(n=6, size=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, size, size, generator=g) * 2 - 1).double()
+
+
+class FixedSizeNet:
+    """A 'network' whose denoiser (hence epsilon) is exactly the bbELS machine's at patch size k."""
+
+    def __init__(self, images, k):
+        self.machine, self.k = ExactMachine(images, "bbels"), k
+
+    def __call__(self, x, t, labels=None):
+        return self.machine.denoise(x, t, k=self.k)
+
+
+@pytest.mark.parametrize("true_k", [3, 5])
+def test_calibration_recovers_the_size_of_a_synthetic_network(true_k):
+    images = tiny_set()
+    cal = calibrate(FixedSizeNet(images, true_k), machine_factory("bbels", images), (1, 10, 10),
+                    seeds=[0, 1, 2], sizes=(3, 5, 7), steps=5, dtype=torch.float64)
+    assert cal.schedule.sizes == (true_k,) * 5
+    k_col = cal.sizes.index(true_k)
+    assert torch.allclose(cal.cosine[:, k_col, :], torch.ones(5, 3, dtype=torch.float64))
+    assert (cal.best_per_seed() == true_k).all()
+
+
+def test_lower_median_and_cosine():
+    assert lower_median(torch.tensor([[3, 7, 5, 9]])).item() == 5
+    assert lower_median(torch.tensor([[3, 7, 5]])).item() == 5
+    u = torch.randn(2, 1, 4, 4)
+    assert torch.allclose(cosine(u, 3 * u), torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(cosine(u, -u), -torch.ones(2, dtype=torch.float64))
+
+
+def test_bad_sizes():
+    with pytest.raises(PatchdbError, match="larger than the 8x8 image"):
+        check_sizes([3, 9, 11], 8, 8)
+    with pytest.raises(PatchdbError, match="odd"):
+        check_sizes([4], 8, 8)
+    assert check_sizes([7, 3, 3, 5], 8, 8) == (3, 5, 7)
+
+
+def test_written_schedule_is_readable_and_heatmap_exists(tmp_path):
+    images = tiny_set(n=4, size=8)
+    cal = calibrate(FixedSizeNet(images, 3), machine_factory("bbels", images), (1, 8, 8), seeds=[0, 1],
+                    sizes=(3, 5), steps=3, dtype=torch.float64)
+    path, png = write_calibration(cal, tmp_path / "sched.json")
+    assert png.stat().st_size > 0
+    sched = parse_schedule(str(path), steps=3)
+    assert isinstance(sched, ScaleSchedule) and sched.sizes == (3, 3, 3)
+    data = json.loads(path.read_text())
+    assert len(data["mean_cosine"]) == 3 and data["candidates"] == [3, 5]
+    with pytest.raises(PatchdbError, match="20 steps"):
+        parse_schedule(str(path), steps=20)
+
+
+def test_cli_calibrate_bad_sizes_one_line(tmp_path, tiny_checkpoint):
+    res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--limit", "20", "--num", "1",
+                                    "--sizes", "3,35", "--out", str(tmp_path / "s.json")])
+    assert res.exit_code == 2
+    assert "larger than the 32x32 image" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_calibrate_runs(tmp_path, tiny_checkpoint):
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--limit", "12", "--num", "2",
+                                    "--steps", "2", "--sizes", "3,5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    sizes = json.loads(out.read_text())["sizes"]
+    assert len(sizes) == 2 and set(sizes) <= {3, 5} and out.with_suffix(".png").exists()
