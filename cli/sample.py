@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from patchdb.errors import PatchdbError
 from patchdb.generate import generate, sample_labels
 from patchdb.plots import save_grid
 from patchdb.schedule import parse_schedule

@@ -8,9 +8,9 @@ from .spec import Machine
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "ExactMachine",
     "Machine",
-    "PRESETS",
     "PatchdbError",
     "ScaleSchedule",
     "alpha_sigma",

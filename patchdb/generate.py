@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -58,10 +59,8 @@ def generate(
             chunk = seeds[start : start + batch_size]
             noise = initial_noise(chunk, shape, dtype).to(device)
             lab = None if labels is None else labels[start : start + len(chunk)].to(device)
-            res = ddim_sample(
-                denoiser, noise, steps, lab, keep_trajectory,
-                callback=lambda info: bar.update(len(chunk)),
-            )
+            advance = functools.partial(_advance, bar, len(chunk))
+            res = ddim_sample(denoiser, noise, steps, lab, keep_trajectory, callback=advance)
             outs.append(res.samples.cpu())
             if keep_trajectory:
                 trajs.append(res.trajectory)
@@ -69,3 +68,8 @@ def generate(
         bar.close()
     traj = torch.cat(trajs, dim=1) if keep_trajectory else None
     return Generated(torch.cat(outs), seeds, labels, traj)
+
+
+def _advance(bar: tqdm, images: int, info: dict) -> None:
+    """Sampler callback: one step of ``images`` images done."""
+    bar.update(images)

@@ -99,7 +99,7 @@ def windows_at(images: torch.Tensor, k: int, positions: torch.Tensor, padding: s
     Only the asked-for windows are gathered (cheaper than unfolding all H*W of them); features are
     ordered as in :func:`unfold_windows`. Outside the image: zeros, or wrap-around for "circular".
     """
-    n, c, h, w = images.shape
+    n, c, _, w = images.shape
     r = k // 2
     if r:
         mode = "circular" if padding == "circular" else "constant"

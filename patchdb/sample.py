@@ -6,8 +6,8 @@ Each image has its own noise seed, so a sample does not depend on the batch it w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm

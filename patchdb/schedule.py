@@ -60,10 +60,17 @@ class ScaleSchedule:
         """Patch size of step ``step`` in 1..S."""
         return self.sizes[step - 1]
 
+    def size_at_time(self, t: float) -> int:
+        """Patch size the sampler uses at time ``t``, which must be one of its step times i/S."""
+        step = round(t * self.steps)
+        if step < 1 or abs(t * self.steps - step) > 1e-6:
+            raise PatchdbError(f"time t={t} is not one of the {self.steps} sampler steps i/{self.steps} of the schedule")
+        return self.size_at(step)
+
     def distinct(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.sizes)))
 
-    def check_steps(self, steps: int) -> "ScaleSchedule":
+    def check_steps(self, steps: int) -> ScaleSchedule:
         if steps != self.steps:
             raise PatchdbError(
                 f"scale schedule '{self.name}' has {self.steps} sizes but the sampler runs {steps} steps; "
@@ -71,7 +78,7 @@ class ScaleSchedule:
             )
         return self
 
-    def check_fits(self, height: int, width: int) -> "ScaleSchedule":
+    def check_fits(self, height: int, width: int) -> ScaleSchedule:
         """Sizes up to the image size are fine (k >= min(H, W) falls back to LS, SPEC.md)."""
         too_big = [k for k in self.distinct() if k > 2 * max(height, width) - 1]
         if too_big:

@@ -16,7 +16,7 @@ class Machine(str, Enum):
     BBELS = "bbels"  # boundary-broken ELS, zero padding (matches zero-padded CNNs)
 
     @classmethod
-    def parse(cls, name: "str | Machine") -> "Machine":
+    def parse(cls, name: str | Machine) -> Machine:
         """Machine from a name in any case; a one-line error names the choices."""
         if isinstance(name, Machine):
             return name

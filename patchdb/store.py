@@ -13,8 +13,8 @@ import datetime as _dt
 import json
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -33,7 +33,7 @@ def generated_by() -> str:
 
 
 def library_versions() -> dict:
-    import faiss  # noqa: F401  (imported lazily: only files that hold indexes need it)
+    import faiss
 
     return {
         "python": platform.python_version(),
@@ -90,10 +90,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_h5(path: str | os.PathLike, fmt: str, version: int, metadata: dict) -> Iterator[h5py.File]:
     """An HDF5 file opened for writing under a temporary name, stamped, renamed on success."""
-    with atomic_write(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            stamp(f, fmt, version, metadata)
-            yield f
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
+        stamp(f, fmt, version, metadata)
+        yield f
 
 
 def open_checked(path: str | os.PathLike, fmt: str, max_version: int) -> h5py.File:
@@ -154,6 +153,6 @@ def write_samples(
 def read_samples(path: str | os.PathLike) -> dict:
     """Everything in a sample file as numpy arrays plus ``metadata``."""
     with open_checked(path, SAMPLES_FORMAT, SAMPLES_VERSION) as f:
-        out = {name: f[name][()] for name in f.keys()}
+        out = {name: f[name][()] for name in f}
         out["metadata"] = metadata(f)
     return out

@@ -1,7 +1,8 @@
 """`patchdb sample` end to end on the embedded default dataset, and its one-line errors."""
 
-import h5py
 import json
+
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -78,7 +79,7 @@ def test_interrupt_leaves_no_output(tmp_path, monkeypatch):
 
 
 def test_interrupt_while_writing_leaves_no_file(tmp_path, monkeypatch):
-    import patchdb.store as store
+    from patchdb import store
 
     real = store.stamp
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from brute import brute_denoise
 
 import patchdb
-from patchdb.score import ExactMachine
 from patchdb.errors import PatchdbError
-from brute import brute_denoise
+from patchdb.score import ExactMachine
 
 MACHINES = ["is", "ls", "els", "bbels"]
 

@@ -76,11 +76,7 @@ class ExactMachine:
     def size_at(self, t: float) -> int:
         if self.schedule is None:
             raise PatchdbError("this machine has no scale schedule; pass schedule=... or call denoise(..., k=K)")
-        steps = self.schedule.steps
-        step = round(t * steps)
-        if step < 1 or abs(t * steps - step) > 1e-6:
-            raise PatchdbError(f"time t={t} is not one of the {steps} sampler steps i/{steps} of the schedule")
-        return self.schedule.size_at(step)
+        return self.schedule.size_at_time(t)
 
     def __call__(self, x: torch.Tensor, t: float, labels: torch.Tensor | None = None) -> torch.Tensor:
         k = None if self.machine is Machine.IS else self.size_at(float(t))
@@ -193,7 +189,7 @@ def make_denoiser(
     index=None,
     exact: bool = False,
     **options,
-) -> "Denoiser":
+) -> Denoiser:
     """The one factory of denoisers: exact over ``images``, or top-K over an open index file.
 
     With ``index`` (a :class:`patchdb.indexfile.IndexFile`) and ``exact=False`` the approximate engine

@@ -93,11 +93,7 @@ class ApproxMachine:
     def size_at(self, t: float) -> int:
         if self.schedule is None:
             raise PatchdbError("this machine has no scale schedule; pass schedule=... or call denoise(..., k=K)")
-        steps = self.schedule.steps
-        step = round(t * steps)
-        if step < 1 or abs(t * steps - step) > 1e-6:
-            raise PatchdbError(f"time t={t} is not one of the {steps} sampler steps i/{steps} of the schedule")
-        return self.schedule.size_at(step)
+        return self.schedule.size_at_time(t)
 
     def __call__(self, x: torch.Tensor, t: float, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoise(x, t, k=self.size_at(float(t)), labels=labels)

@@ -23,28 +23,19 @@ from ..errors import PatchdbError
 from ..patches import Group, geometry, unfold_windows
 from ..schedule import alpha_sigma, check_patch_size
 from ..spec import Machine
+from .exact import Coefficients
 from .softmax import LOG_FLOOR, with_ones
 
 #: Family codes stored per pixel; index = code.
 FAMILIES = ("interior", "edge", "corner", "els", "ls", "is")
 FAMILY_CODE = {name: code for code, name in enumerate(FAMILIES)}
 
-#: Size of one block of logits (as the exact engine's default).
+#: Size of one block of logits (larger than the exact engine's: the top-m merge favours fewer, bigger blocks).
 DEFAULT_BLOCK_BYTES = 16 * 2**20
 
 
-@dataclass(frozen=True)
-class Logits:
-    """logit = scale * <x_window, phi_window> + bias_coef * |phi_window|^2 (per-query constants dropped)."""
-
-    scale: float
-    bias_coef: float
-
-    @classmethod
-    def at(cls, t: float) -> Logits:
-        """The weights of SPEC.md at time ``t``: ``-|x - a phi|^2 / 2 b^2`` up to a per-query constant."""
-        a, b = alpha_sigma(t)
-        return cls(scale=a / b**2, bias_coef=-(a * a) / (2 * b**2))
+class Logits(Coefficients):
+    """The exact engine's weights (``logit = scale * <x, phi> + bias_coef * |phi|^2``), plus plain distance."""
 
     @classmethod
     def distance(cls) -> Logits:

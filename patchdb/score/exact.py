@@ -12,7 +12,6 @@ of a batch (every pixel of every image) share one pass over the training set.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +35,7 @@ class Coefficients:
     bias_coef: float
 
     @classmethod
-    def at(cls, t: float) -> "Coefficients":
+    def at(cls, t: float) -> Coefficients:
         a, b = alpha_sigma(t)
         return cls(scale=a / b**2, bias_coef=-(a * a) / (2 * b**2))
 
@@ -130,8 +129,3 @@ def exact_is(x: torch.Tensor, images: torch.Tensor, t: float, block_bytes: int =
         bias = flat.square().sum(-1, keepdim=True) * coef.bias_coef
         acc.add(torch.cat([flat, bias], dim=-1).unsqueeze(0), with_ones(flat).unsqueeze(0))
     return acc.result()[0].view_as(x)
-
-
-def peak_block_bytes(block_bytes: int) -> int:
-    """A rough bound on the working memory of one call beyond the inputs (for documentation)."""
-    return int(math.ceil(3 * block_bytes))
