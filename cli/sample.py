@@ -68,11 +68,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
         "label": label, "device": str(dev), "dtype": dtype, "block_mb": block_mb, "dataset": data.meta,
         "dataset_name": data.name, "fingerprint": data.fingerprint(), "seconds": seconds,
     }
-    write_samples(out, res.samples, res.seeds, res.labels, list(sched.sizes) if machine is not Machine.IS else None,
-                  settings, res.trajectory)
-    png = Path(out).with_suffix(".png")
-    save_grid(res.samples, png)
-    click.echo(f"wrote {out} and {png} ({num} samples, {seconds:.1f} s, {seconds / num:.2f} s/sample)")
+    _write_outputs(out, res, list(sched.sizes) if machine is not Machine.IS else None, settings, seconds)
 
 
 def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype, save_trajectory, out,
@@ -107,7 +103,13 @@ def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, l
             note = f"tail share est. {r['tail_median']:.1e}" if r["tail_used"] else "consider --tail-correction"
             click.echo(f"t={r['t']:.2f} k={r['k']}: ignored-mass bound up to {r['bound_max']:.1e} ({note})", err=True)
             break
-    write_samples(out, res.samples, res.seeds, res.labels, list(sched.sizes), settings, res.trajectory)
+    _write_outputs(out, res, list(sched.sizes), settings, seconds)
+
+
+def _write_outputs(out: Path, res, schedule: list[int] | None, settings: dict, seconds: float) -> None:
+    """The sample file and its PNG grid (both atomic), and a one-line summary."""
+    write_samples(out, res.samples, res.seeds, res.labels, schedule, settings, res.trajectory)
     png = Path(out).with_suffix(".png")
     save_grid(res.samples, png)
+    num = len(res.seeds)
     click.echo(f"wrote {out} and {png} ({num} samples, {seconds:.1f} s, {seconds / num:.2f} s/sample)")
