@@ -7,7 +7,9 @@ from brute import brute_denoise
 
 import patchdb
 from patchdb.errors import PatchdbError
+import patchdb.patches
 from patchdb.score import ExactMachine
+from patchdb.score.exact import candidate_pools
 
 MACHINES = ["is", "ls", "els", "bbels"]
 
@@ -52,12 +54,60 @@ def test_float32_matches_brute_force(machine, t):
     assert np.abs(got.double().numpy() - want).max() < 2e-4
 
 
+def sparse_case(seed, n=12, c=1, h=8, w=8):
+    """8-bit images that are mostly background, so many candidate windows repeat."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 4, (n, c, h, w), generator=g) * 85
+    codes[torch.rand(n, c, h, w, generator=g) < 0.6] = 0
+    codes[:3] = codes[3]  # whole repeated images too
+    images = codes.double() / 127.5 - 1
+    x = torch.randn(3, c, h, w, generator=g, dtype=torch.float64)
+    return x, images, torch.arange(n) % 2
+
+
+@pytest.mark.parametrize("machine", ["ls", "els", "bbels"])
+@pytest.mark.parametrize("c,k", [(1, 3), (1, 5), (3, 3)])
+def test_deduplicated_candidates_match_brute_force(machine, c, k):
+    x, images, labels = sparse_case(k + c, c=c)
+    engine = ExactMachine(images, machine, labels=labels)
+    pools = engine._pools_for(None, images, k)
+    assert pools is not None
+    distinct, total = sum(p.size for p in pools), sum(int(p.count.sum()) for p in pools)
+    assert distinct < total  # the case really has repeated windows
+    want = brute_denoise(x.numpy(), 0.6, k, images.numpy(), machine)
+    got = engine.denoise(x, 0.6, k=k)
+    assert np.abs(got.numpy() - want).max() < 1e-7
+    plain = ExactMachine(images, machine, dedup=False).denoise(x, 0.6, k=k)
+    assert torch.allclose(got, plain, atol=1e-12, rtol=0)
+    want1 = brute_denoise(x.numpy(), 0.6, k, images.numpy(), machine, labels=labels.numpy(), label=1)
+    got1 = engine.denoise(x, 0.6, k=k, labels=1)
+    assert np.abs(got1.numpy() - want1).max() < 1e-7
+
+
+def test_pool_counts_every_candidate_once():
+    # The multiplicities of each group row add up to (training images) x (candidate positions).
+    _, images, _ = sparse_case(1)
+    for machine in ("ls", "els", "bbels"):
+        geom = patchdb.patches.geometry(machine, 3, 8, 8)
+        pools = candidate_pools(images, geom)
+        for group, pool in zip(geom.groups, pools, strict=True):
+            assert pool.count.sum(dim=1).tolist() == [images.shape[0] * group.cand_pos.shape[1]] * group.cand_pos.shape[0]
+
+
+def test_continuous_images_skip_dedup():
+    # 76,800 distinct pixel values: too many for integer codes, the plain scan is used.
+    _, images, _ = random_case(2, n=1200, h=8, w=8)
+    assert candidate_pools(images, patchdb.patches.geometry("bbels", 3, 8, 8)) is None
+
+
 @pytest.mark.parametrize("machine", MACHINES)
 def test_block_size_does_not_change_result(machine):
     x, images, _ = random_case(3, n=23, c=1, h=8, w=8, batch=3)
-    results = [ExactMachine(images, machine, block_bytes=b).denoise(x, 0.4, k=3) for b in (1, 5000, 2**30)]
-    for r in results[1:]:
-        assert torch.allclose(r, results[0], atol=1e-12, rtol=0)
+    _, sparse, _ = sparse_case(9, n=23)
+    for train in (images, sparse):
+        results = [ExactMachine(train, machine, block_bytes=b).denoise(x, 0.4, k=3) for b in (1, 5000, 2**30)]
+        for r in results[1:]:
+            assert torch.allclose(r, results[0], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("machine", ["ls", "els", "bbels"])

@@ -14,7 +14,8 @@ import torch
 from ..errors import PatchdbError
 from ..schedule import ScaleSchedule, check_patch_size, parse_schedule
 from ..spec import Machine
-from .exact import DEFAULT_BLOCK_BYTES, exact_is, exact_local
+from ..patches import geometry
+from .exact import DEFAULT_BLOCK_BYTES, CandidatePool, candidate_pools, exact_is, exact_local
 
 
 class Denoiser(Protocol):
@@ -51,6 +52,9 @@ class ExactMachine:
         at time ``t`` is ``sizes[round(t * S) - 1]``. Unused by IS.
     labels : (N,) class labels of ``images`` for class-conditional calls.
     block_bytes : size of one block of logits; bounds peak memory.
+    dedup : scan each distinct candidate window once, weighted by its multiplicity (same result;
+        the distinct windows of each patch size are found on first use and kept). Pays off on data
+        with flat backgrounds (MNIST: 3x fewer windows at k = 3, 1.4x at k = 7).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class ExactMachine:
         labels: torch.Tensor | None = None,
         device: str | torch.device | None = None,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
+        dedup: bool = True,
     ):
         check_tensor(images, "training images")
         self.machine = Machine.parse(machine)
@@ -71,7 +76,9 @@ class ExactMachine:
         self.images = images.to(self.device)
         self.labels = None if labels is None else _check_labels(labels, len(images)).to(self.device)
         self.block_bytes = int(block_bytes)
+        self.dedup = bool(dedup)
         self._by_class: dict[int, torch.Tensor] = {}
+        self._pools: dict[tuple[int | None, int], list[CandidatePool] | None] = {}
 
     def size_at(self, t: float) -> int:
         if self.schedule is None:
@@ -93,19 +100,27 @@ class ExactMachine:
             check_patch_size(k)
         x_dev = x.to(self.device)
         if labels is None:
-            return self._run(x_dev, self.images, t, k).to(x.device)
+            return self._run(x_dev, None, t, k).to(x.device)
         labels = self._batch_labels(labels, x.shape[0])
         out = torch.empty_like(x_dev)
         for label in torch.unique(labels).tolist():
             rows = (labels == label).nonzero().view(-1)
-            out[rows] = self._run(x_dev[rows], self._class_images(label), t, k)
+            out[rows] = self._run(x_dev[rows], label, t, k)
         return out.to(x.device)
 
-    def _run(self, x: torch.Tensor, images: torch.Tensor, t: float, k: int | None) -> torch.Tensor:
-        images = images.to(x.dtype)
+    def _run(self, x: torch.Tensor, label: int | None, t: float, k: int | None) -> torch.Tensor:
+        images = (self.images if label is None else self._class_images(label)).to(x.dtype)
         if self.machine is Machine.IS:
             return exact_is(x, images, t, self.block_bytes)
-        return exact_local(x, images, t, k, self.machine, self.block_bytes)
+        pools = self._pools_for(label, images, k) if self.dedup else None
+        return exact_local(x, images, t, k, self.machine, self.block_bytes, pools=pools)
+
+    def _pools_for(self, label: int | None, images: torch.Tensor, k: int) -> list[CandidatePool] | None:
+        key = (label, k)
+        if key not in self._pools:
+            geom = geometry(self.machine, k, images.shape[-2], images.shape[-1])
+            self._pools[key] = candidate_pools(images, geom)
+        return self._pools[key]
 
     def _check_shape(self, x: torch.Tensor) -> None:
         if x.shape[1:] != self.images.shape[1:]:

@@ -8,13 +8,20 @@ constant that cancels in the normalisation,
 so one matrix product of the query windows ``[x_p * a / b^2, 1]`` with the augmented candidate
 windows ``[phi_q, -a^2 |phi_q|^2 / 2 b^2]`` gives every logit of a block at once. All query rows
 of a batch (every pixel of every image) share one pass over the training set.
+
+Identical candidate windows (the empty background of MNIST repeats millions of times) can be
+scanned once: :func:`candidate_pools` keeps one representative of each distinct window with its
+multiplicity ``c``, and the accumulator weights it by ``c`` (``c * exp(logit)`` is exactly the sum
+of the ``c`` identical terms). The result is the same softmax over every candidate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..patches import Geometry, Group, geometry, windows_at
 from ..schedule import alpha_sigma
@@ -47,6 +54,7 @@ def exact_local(
     k: int,
     machine: Machine,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    pools: list[CandidatePool] | None = None,
 ) -> torch.Tensor:
     """Denoiser of a local machine (LS, ELS, bbELS) over all windows of ``images``.
 
@@ -57,6 +65,8 @@ def exact_local(
     t : time in (0, 1].  k : odd patch size.
     block_bytes : size of one block of logits; each block of training images is unfolded once and
         shared by every query group.
+    pools : the distinct candidates of ``images`` (:func:`candidate_pools` for the same machine and
+        ``k``); when given, each distinct window is scanned once, weighted by its multiplicity.
 
     Returns
     -------
@@ -65,12 +75,19 @@ def exact_local(
     geom = geometry(machine, k, x.shape[-2], x.shape[-1])
     coef = Coefficients.at(t)
     plans = [_GroupPlan(x, group, geom, coef, block_bytes) for group in geom.groups]
+    if pools is not None:
+        _scan_pools(plans, pools, images, geom, coef, block_bytes)
+        return _assemble(x, plans)
     per_image = sum(plan.bytes_per_image() for plan in plans)
     step = max(1, block_bytes // max(per_image, 1))
     for start in range(0, images.shape[0], step):
         block = images[start : start + step]
         for plan in plans:
             plan.add(block)
+    return _assemble(x, plans)
+
+
+def _assemble(x: torch.Tensor, plans: list[_GroupPlan]) -> torch.Tensor:
     out = torch.empty(x.shape[0], x.shape[1], x.shape[-2] * x.shape[-1], dtype=x.dtype, device=x.device)
     for plan in plans:
         out[:, :, plan.group.query_pos.reshape(-1).to(x.device)] = plan.result()
@@ -99,6 +116,12 @@ class _GroupPlan:
         for chunk in self.chunks:
             chunk.add(cands, values)
 
+    def add_pooled(self, cands: torch.Tensor, values: torch.Tensor) -> None:
+        """Fold in distinct candidates: (G, P, K+1) features + bias, (G, P, C+1) centres and ones,
+        both already multiplied by each candidate's multiplicity where it matters (the values)."""
+        for chunk in self.chunks:
+            chunk.add(cands, values)
+
     def result(self) -> torch.Tensor:
         """Weighted centres (B, C, G*m), in the order of ``query_pos``."""
         n_groups, m = self.group.query_pos.shape
@@ -117,6 +140,95 @@ def _candidates(block: torch.Tensor, cand_pos: torch.Tensor, k: int, coef: Coeff
     centres = block.flatten(2)[:, :, flat_pos.to(block.device)].view(n, channels, n_groups, mc)
     centres = centres.permute(2, 0, 3, 1).reshape(n_groups, n * mc, channels)
     return torch.cat([windows, bias], dim=-1), with_ones(centres)
+
+
+@dataclass(frozen=True)
+class CandidatePool:
+    """The distinct candidate windows of one query group: ``(G, M)`` representatives and counts.
+
+    Row ``g`` lists, for the candidate positions ``cand_pos[g]`` of the group, one training image
+    and position per distinct window (``image``, ``pos``: flat ``y * W + x``) and how many
+    (image, position) pairs carry that window (``count``). Rows shorter than ``M`` are padded with
+    copies of their first entry with count 0, which add nothing.
+    """
+
+    image: torch.Tensor
+    pos: torch.Tensor
+    count: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int((self.count > 0).sum())
+
+
+def candidate_pools(images: torch.Tensor, geom: Geometry) -> list[CandidatePool] | None:
+    """Distinct candidate windows of ``images`` per group of ``geom``, or None when not worth it.
+
+    Windows are compared on integer codes of the pixel values (exact: equal codes, equal floats),
+    so this only runs when the images hold at most 65,535 distinct values (8-bit sources have
+    256). Cost: one sort of all windows of the training set per group.
+    """
+    values, codes = torch.unique(images.detach().cpu(), return_inverse=True)
+    if values.numel() >= 2**16 - 1:
+        return None
+    # Code 0 is the zero padding around the images; pixel values get 1.. (a pixel equal to 0.0
+    # gets a code of its own, which only costs a missed merge, never a wrong one).
+    codes = (codes + 1).to(torch.int32 if values.numel() >= 255 else torch.uint8)
+    dtype = np.uint16 if values.numel() >= 255 else np.uint8
+    pools = []
+    for group in geom.groups:
+        rows = [_distinct(codes, geom.k, cand_row, dtype) for cand_row in group.cand_pos]
+        width = max(len(r[0]) for r in rows)
+        image = torch.zeros((len(rows), width), dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        count = torch.zeros((len(rows), width), dtype=torch.long)
+        for g, (img, p, c) in enumerate(rows):
+            image[g], pos[g] = img[0], p[0]
+            image[g, : len(img)], pos[g, : len(img)], count[g, : len(img)] = img, p, c
+        pools.append(CandidatePool(image, pos, count))
+    return pools
+
+
+def _distinct(codes: torch.Tensor, k: int, cand_pos: torch.Tensor, dtype) -> tuple[torch.Tensor, ...]:
+    """(image, pos, count) of the distinct windows of ``codes`` at ``cand_pos``, sorted by image."""
+    n = codes.shape[0]
+    windows = windows_at(codes, k, cand_pos).reshape(n * cand_pos.numel(), -1).numpy().astype(dtype, copy=False)
+    rows = np.ascontiguousarray(windows).view(np.dtype((np.void, windows.shape[1] * windows.itemsize))).ravel()
+    _, first, count = np.unique(rows, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    first, count = torch.from_numpy(first[order]), torch.from_numpy(count[order])
+    return first // cand_pos.numel(), cand_pos[first % cand_pos.numel()], count
+
+
+def _scan_pools(
+    plans: list[_GroupPlan],
+    pools: list[CandidatePool],
+    images: torch.Tensor,
+    geom: Geometry,
+    coef: Coefficients,
+    block_bytes: int,
+) -> None:
+    """Stream each group's distinct candidates through its plan, in blocks of ``block_bytes``."""
+    k, r = geom.k, geom.k // 2
+    n, channels, height, width = images.shape
+    padded = F.pad(images, (r, r, r, r)) if r else images
+    wp, plane = width + 2 * r, (height + 2 * r) * (width + 2 * r)
+    offsets = (torch.arange(k).view(-1, 1) * wp + torch.arange(k).view(1, -1)).reshape(-1)
+    offsets = (torch.arange(channels).view(-1, 1) * plane + offsets.view(1, -1)).reshape(-1).to(images.device)
+    flat_padded, flat_images = padded.reshape(-1), images.reshape(n, channels, -1)
+    for plan, pool in zip(plans, pools, strict=True):
+        n_groups, m = pool.count.shape
+        rows = plan.chunks[0].q.shape[1]
+        step = max(1, block_bytes // max(n_groups * rows * images.element_size(), 1))
+        for start in range(0, m, step):
+            img = pool.image[:, start : start + step].to(images.device)
+            pos = pool.pos[:, start : start + step].to(images.device)
+            count = pool.count[:, start : start + step].to(device=images.device, dtype=images.dtype)
+            top_left = img * (channels * plane) + (pos // width) * wp + pos % width
+            windows = flat_padded[top_left.unsqueeze(-1) + offsets]  # (G, P, C*k*k)
+            bias = windows.square().sum(-1, keepdim=True).mul_(coef.bias_coef)
+            centres = flat_images[img.unsqueeze(-1), torch.arange(channels, device=images.device), pos.unsqueeze(-1)]
+            plan.add_pooled(torch.cat([windows, bias], dim=-1), with_ones(centres).mul_(count.unsqueeze(-1)))
 
 
 def exact_is(x: torch.Tensor, images: torch.Tensor, t: float, block_bytes: int = DEFAULT_BLOCK_BYTES) -> torch.Tensor:
