@@ -6,8 +6,8 @@ import torch
 from brute import brute_denoise
 
 import patchdb
-from patchdb.errors import PatchdbError
 import patchdb.patches
+from patchdb.errors import PatchdbError
 from patchdb.score import ExactMachine
 from patchdb.score.exact import candidate_pools
 
@@ -114,7 +114,7 @@ def test_block_size_does_not_change_result(machine):
 def test_low_noise_returns_nearest_candidate_centre(machine):
     # Query = a training image with a small perturbation: at tiny t each window's nearest candidate
     # is the same window of that image (for ELS: with wrap-around only where it is inside).
-    x, images, _ = random_case(5, n=6, c=1, h=7, w=7, batch=1)
+    _, images, _ = random_case(5, n=6, c=1, h=7, w=7, batch=1)
     clean = images[2:3] + 1e-3 * torch.randn(1, 1, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     t = 1e-3
     a, _ = patchdb.alpha_sigma(t)

@@ -12,9 +12,9 @@ from typing import Protocol
 import torch
 
 from ..errors import PatchdbError
+from ..patches import geometry
 from ..schedule import ScaleSchedule, check_patch_size, parse_schedule
 from ..spec import Machine
-from ..patches import geometry
 from .exact import DEFAULT_BLOCK_BYTES, CandidatePool, candidate_pools, exact_is, exact_local
 
 
