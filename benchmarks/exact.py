@@ -4,6 +4,7 @@ Usage:
     python benchmarks/exact.py calls             # seconds per call vs N (500, 2000, 10000), k, batch 1/16
     python benchmarks/exact.py sample            # 20-step bbELS samples, batch 8, N = 2000 and 10000,
                                                  # patchdb vs the conv2d baseline (benchmarks/conv_baseline.py)
+    python benchmarks/exact.py dedup             # one call per k: distinct-window scan vs plain scan
 
 Data: the MNIST test split in ../shared/data/mnist-t10k (or --root), bilinear-resized to 32x32.
 Each configuration runs in a fresh subprocess so that its peak memory (max RSS) is its own.
@@ -68,6 +69,37 @@ def one_call(args) -> dict:
             "peak_mib": peak_mib()}
 
 
+def one_dedup(args) -> dict:
+    """One bbELS call at (N, k, batch) with and without distinct-window pools, same inputs."""
+    from patchdb.schedule import PRESETS
+    from patchdb.score import ExactMachine
+
+    images = load(args.n, args.root)
+    sizes = PRESETS[SCHEDULE]
+    t = (sizes.index(args.k) + 1) / len(sizes) if args.k in sizes else 0.5
+    x = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
+    row = {"n": args.n, "k": args.k, "t": t, "batch": args.batch}
+    outs = {}
+    for dedup in (False, True):
+        engine = ExactMachine(images, "bbels", dedup=dedup)
+        start = clock()
+        pools = engine._pools_for(None, engine.images, args.k) if dedup else None
+        prep = clock() - start
+        times = []
+        for _ in range(args.repeat):
+            start = clock()
+            outs[dedup] = engine.denoise(x, t, k=args.k)
+            times.append(clock() - start)
+        row["dedup" if dedup else "plain"] = statistics.median(times)
+        if dedup:
+            row["prep"] = prep
+            total = sum(int(p.count.sum()) for p in pools)
+            row["distinct"] = sum(p.size for p in pools) / total
+    row["max_diff"] = float((outs[True] - outs[False]).abs().max())
+    row["peak_mib"] = peak_mib()
+    return row
+
+
 def one_sample(args) -> dict:
     """A full 20-step bbELS batch with patchdb, then the baseline on the same inputs of every step."""
     sys.path.insert(0, str(HERE))
@@ -113,8 +145,8 @@ def run_child(mode: str, **kw) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["calls", "sample"], nargs="?", default="calls")
-    p.add_argument("--child", choices=["call", "sample"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("what", choices=["calls", "sample", "dedup"], nargs="?", default="calls")
+    p.add_argument("--child", choices=["call", "sample", "dedup"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--root", default=str(DEFAULT_ROOT))
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--k", type=int, default=5)
@@ -130,7 +162,7 @@ def main() -> None:
     global CLOCK
     CLOCK = args.clock
     if args.child:
-        print(json.dumps(one_call(args) if args.child == "call" else one_sample(args)))
+        print(json.dumps({"call": one_call, "sample": one_sample, "dedup": one_dedup}[args.child](args)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.clock} clock")
     if args.what == "calls":
@@ -141,6 +173,15 @@ def main() -> None:
                 for b in map(int, args.batches.split(",")):
                     r = run_child("call", root=args.root, n=n, k=k, batch=b, repeat=args.repeat, clock=args.clock)
                     print(f"| {n} | {k} | {r['t']:.2f} | {b} | {r['seconds']:.3f} | {r['seconds'] / b:.3f} | {r['peak_mib']:.0f} |", flush=True)
+    elif args.what == "dedup":
+        print("| N | k | batch | distinct windows | plain s/call | dedup s/call | speed-up | pool build s | max abs diff | peak MiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for n in map(int, args.sizes.split(",")):
+            for k in map(int, args.ks.split(",")):
+                for b in map(int, args.batches.split(",")):
+                    r = run_child("dedup", root=args.root, n=n, k=k, batch=b, repeat=args.repeat, clock=args.clock)
+                    print(f"| {n} | {k} | {b} | {r['distinct']:.0%} | {r['plain']:.2f} | {r['dedup']:.2f} | "
+                          f"{r['plain'] / r['dedup']:.2f}x | {r['prep']:.1f} | {r['max_diff']:.1e} | {r['peak_mib']:.0f} |", flush=True)
     else:
         sizes = args.sizes if args.sizes != "500,2000,10000" else "2000,10000"
         print(f"| N | batch | patchdb s/sample | baseline s/sample (timed on N'={args.baseline_n}, x N/N') | speed-up | patchdb peak MiB |")

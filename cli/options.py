@@ -18,7 +18,7 @@ def dataset_options(f):
                      help="Folder holding the named dataset's files (default: $PATCHDB_DATA or ~/.cache/patchdb/data)."),
         click.option("--split", type=click.Choice(["train", "test"]), default="train", help="Which split to read."),
         click.option("--download", is_flag=True, help="Let torchvision download a named dataset into --root."),
-        click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images (of an image folder or zip: the classes in turn, so balanced)."),
         click.option("--only-classes", default=None, help="Comma list of class labels to keep, e.g. 0,1,7."),
         click.option("--policy", type=click.Choice(["resize", "pad", "none"]), default="resize",
                      help="How 28x28 images become 32x32: bilinear resize (the paper) or zero padding."),

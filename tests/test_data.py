@@ -249,7 +249,10 @@ def test_zip_without_split_folders(tmp_path: Path) -> None:
     make_folder(tmp_path / "src", {"x": tiny_pixels(2), "y": tiny_pixels(1)})
     zip_folder(tmp_path / "src", tmp_path / "flat.zip")
     ds = load_dataset(tmp_path / "flat.zip", size=8, limit=2)
-    assert ds.labels.tolist() == [0, 0] and ds.name.startswith("zip:")
+    # A limit takes the classes in turn, so the 2 images are one of each class.
+    assert ds.labels.tolist() == [0, 1] and ds.name.startswith("zip:")
+    ds = load_dataset(tmp_path / "flat.zip", size=8, limit=3)
+    assert ds.labels.tolist() == [0, 0, 1]
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -323,7 +323,9 @@ def load_dataset(
     download : bool
         Fetch a missing named dataset with torchvision.
     limit : int, optional
-        Keep the first ``limit`` images (in file order, after the class filter).
+        Keep the first ``limit`` images (in file order, after the class filter). In an image
+        folder or zip, file order takes the classes in turn (the first file of every class, then
+        the second, ...), so a limit keeps the classes balanced.
     classes : sequence of int, optional
         Labels to keep.
     size : int
@@ -868,6 +870,11 @@ def _load_image_folder(
         files, prefix = _layout(tree.files(), split, tree.label)
         names = sorted({p[0] for p in files})
         labels = np.searchsorted(np.asarray(names), np.asarray([p[0] for p in files]))
+        # File order interleaves the classes (the i-th file of every class, then the (i+1)-th), so
+        # that a limit keeps them balanced instead of taking the first classes only.
+        rank = np.arange(len(files)) - np.searchsorted(labels, labels)
+        order = np.lexsort((labels, rank))
+        files, labels = [files[i] for i in order], labels[order]
         ids = select(labels.astype(np.int64), len(names))
         chosen = [tuple(prefix) + files[i] for i in ids]
         images = _decode_all(chosen, tree.reader(), tree.label, progress)
