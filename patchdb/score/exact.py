@@ -165,16 +165,18 @@ def candidate_pools(images: torch.Tensor, geom: Geometry) -> list[CandidatePool]
     """Distinct candidate windows of ``images`` per group of ``geom``, or None when not worth it.
 
     Windows are compared on integer codes of the pixel values (exact: equal codes, equal floats),
-    so this only runs when the images hold at most 65,535 distinct values (8-bit sources have
-    256). Cost: one sort of all windows of the training set per group.
+    so this only runs when the images hold at most 65,536 distinct values (8-bit sources have
+    256, coded in one byte). Cost: one sort of all windows of the training set per group.
     """
     values, codes = torch.unique(images.detach().cpu(), return_inverse=True)
-    if values.numel() >= 2**16 - 1:
+    if values.numel() > 2**16:
         return None
-    # Code 0 is the zero padding around the images; pixel values get 1.. (a pixel equal to 0.0
-    # gets a code of its own, which only costs a missed merge, never a wrong one).
-    codes = (codes + 1).to(torch.int32 if values.numel() >= 255 else torch.uint8)
-    dtype = np.uint16 if values.numel() >= 255 else np.uint8
+    # The zero padding around the images gets code 0, which may equal a pixel value's code: that
+    # is harmless, because the candidates compared with each other (one row of a group) all have
+    # their padding at the same offsets (interior windows have none).
+    small = values.numel() <= 256
+    codes = codes.to(torch.uint8 if small else torch.int32)
+    dtype = np.uint8 if small else np.uint16
     pools = []
     for group in geom.groups:
         rows = [_distinct(codes, geom.k, cand_row, dtype) for cand_row in group.cand_pos]
