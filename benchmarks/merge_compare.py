@@ -4,6 +4,9 @@ Per-seed r does not depend on the batching (each seed has its own noise), so run
 10-19, ... merge into the table one run over 0-49 would give.
 
     python benchmarks/merge_compare.py OUT_FOLDER RUN_FOLDER [RUN_FOLDER ...]
+
+Writes compare.json, compare.txt and scatter.png (the image grid needs the samples: copy the
+grid.png of one of the runs).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from patchdb.compare import Comparison, format_table
+from patchdb.compare import Comparison, format_table, save_scatter
 
 
 def merge(folders: list[Path]) -> Comparison:
@@ -39,4 +42,5 @@ if __name__ == "__main__":
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1))
     (out / "compare.txt").write_text(format_table(cmp) + "\n")
+    save_scatter(cmp, out / "scatter.png")
     print(format_table(cmp))

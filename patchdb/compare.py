@@ -205,16 +205,40 @@ def save_scatter(cmp: Comparison, path: Path) -> None:
 
 
 def save_comparison_grid(cmp: Comparison, path: Path, train_images: torch.Tensor | None, rows: int = 8) -> None:
-    """Rows of seeds; columns: network | each machine (IS last) | nearest training image to the network sample."""
-    from .plots import save_grid
+    """Rows of seeds; columns: network | each machine (IS last) | nearest training image to the network
+    sample. Column titles name each column; every machine image carries its r^2 with the network."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     rows = min(rows, len(cmp.seeds))
     order = ["net"] + [n for n in cmp.samples if n not in ("net", BASELINE)] + ([BASELINE] if BASELINE in cmp.samples else [])
     cols = [cmp.samples[n][:rows] for n in order]
+    pretty = {"bbels": "bbELS", "els": "ELS", "ls": "LS", BASELINE: "IS"}
+    titles = ["network"] + [pretty.get(n, n) for n in order[1:]]
     if train_images is not None:
         cols.append(train_images[nearest_images(cmp.samples["net"][:rows], train_images)].to(cols[0].dtype))
-    grid = torch.stack(cols, dim=1).reshape(-1, *cols[0].shape[1:])
-    save_grid(grid, path, ncol=len(cols))
+        titles.append("nearest training\nimage to network")
+    fig, axes = plt.subplots(rows, len(cols), figsize=(1.35 * len(cols), 1.45 * rows + 0.4), squeeze=False)
+    for i in range(rows):
+        for j, col in enumerate(cols):
+            ax = axes[i, j]
+            img = ((col[i].detach().cpu().float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            name = order[j] if j < len(order) else None
+            if name in cmp.r:
+                ax.set_xlabel(f"r$^2$ = {float(cmp.r[name][i]) ** 2:.2f}", fontsize=7, labelpad=1)
+            if j == 0:
+                ax.set_ylabel(f"seed {cmp.seeds[i]}", fontsize=7)
+            if i == 0:
+                ax.set_title(titles[j], fontsize=8)
+    fig.tight_layout(pad=0.3, h_pad=0.4, w_pad=0.2)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------
