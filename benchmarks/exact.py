@@ -143,6 +143,14 @@ def run_child(mode: str, **kw) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def grid_runs(mode: str, args):
+    """``(N, k, batch, result)`` of one child run per combination of --sizes, --ks and --batches."""
+    for n in map(int, args.sizes.split(",")):
+        for k in map(int, args.ks.split(",")):
+            for b in map(int, args.batches.split(",")):
+                yield n, k, b, run_child(mode, root=args.root, n=n, k=k, batch=b, repeat=args.repeat, clock=args.clock)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["calls", "sample", "dedup"], nargs="?", default="calls")
@@ -168,20 +176,14 @@ def main() -> None:
     if args.what == "calls":
         print("| N | k | t | batch | s/call | s/call/image | peak MiB |")
         print("|---|---|---|---|---|---|---|")
-        for n in map(int, args.sizes.split(",")):
-            for k in map(int, args.ks.split(",")):
-                for b in map(int, args.batches.split(",")):
-                    r = run_child("call", root=args.root, n=n, k=k, batch=b, repeat=args.repeat, clock=args.clock)
-                    print(f"| {n} | {k} | {r['t']:.2f} | {b} | {r['seconds']:.3f} | {r['seconds'] / b:.3f} | {r['peak_mib']:.0f} |", flush=True)
+        for n, k, b, r in grid_runs("call", args):
+            print(f"| {n} | {k} | {r['t']:.2f} | {b} | {r['seconds']:.3f} | {r['seconds'] / b:.3f} | {r['peak_mib']:.0f} |", flush=True)
     elif args.what == "dedup":
         print("| N | k | batch | distinct windows | plain s/call | dedup s/call | speed-up | pool build s | max abs diff | peak MiB |")
         print("|---|---|---|---|---|---|---|---|---|---|")
-        for n in map(int, args.sizes.split(",")):
-            for k in map(int, args.ks.split(",")):
-                for b in map(int, args.batches.split(",")):
-                    r = run_child("dedup", root=args.root, n=n, k=k, batch=b, repeat=args.repeat, clock=args.clock)
-                    print(f"| {n} | {k} | {b} | {r['distinct']:.0%} | {r['plain']:.2f} | {r['dedup']:.2f} | "
-                          f"{r['plain'] / r['dedup']:.2f}x | {r['prep']:.1f} | {r['max_diff']:.1e} | {r['peak_mib']:.0f} |", flush=True)
+        for n, k, b, r in grid_runs("dedup", args):
+            print(f"| {n} | {k} | {b} | {r['distinct']:.0%} | {r['plain']:.2f} | {r['dedup']:.2f} | "
+                  f"{r['plain'] / r['dedup']:.2f}x | {r['prep']:.1f} | {r['max_diff']:.1e} | {r['peak_mib']:.0f} |", flush=True)
     else:
         sizes = args.sizes if args.sizes != "500,2000,10000" else "2000,10000"
         print(f"| N | batch | patchdb s/sample | baseline s/sample (timed on N'={args.baseline_n}, x N/N') | speed-up | patchdb peak MiB |")
