@@ -112,13 +112,12 @@ class _GroupPlan:
         return self.group.cand_pos.numel() * min(self.chunks[0].q.shape[1], self.batch * self.group.query_pos.shape[1]) * self.itemsize
 
     def add(self, block: torch.Tensor) -> None:
-        cands, values = _candidates(block, self.group.cand_pos, self.k, self.coef)
-        for chunk in self.chunks:
-            chunk.add(cands, values)
+        """Fold in every candidate window of a block of training images."""
+        self.fold(*_candidates(block, self.group.cand_pos, self.k, self.coef))
 
-    def add_pooled(self, cands: torch.Tensor, values: torch.Tensor) -> None:
-        """Fold in distinct candidates: (G, P, K+1) features + bias, (G, P, C+1) centres and ones,
-        both already multiplied by each candidate's multiplicity where it matters (the values)."""
+    def fold(self, cands: torch.Tensor, values: torch.Tensor) -> None:
+        """Fold in candidates: (G, P, K+1) features + bias, (G, P, C+1) centres and ones (for distinct
+        windows, centres and ones multiplied by each window's multiplicity)."""
         for chunk in self.chunks:
             chunk.add(cands, values)
 
@@ -230,7 +229,7 @@ def _scan_pools(
             windows = flat_padded[top_left.unsqueeze(-1) + offsets]  # (G, P, C*k*k)
             bias = windows.square().sum(-1, keepdim=True).mul_(coef.bias_coef)
             centres = flat_images[img.unsqueeze(-1), torch.arange(channels, device=images.device), pos.unsqueeze(-1)]
-            plan.add_pooled(torch.cat([windows, bias], dim=-1), with_ones(centres).mul_(count.unsqueeze(-1)))
+            plan.fold(torch.cat([windows, bias], dim=-1), with_ones(centres).mul_(count.unsqueeze(-1)))
 
 
 def exact_is(x: torch.Tensor, images: torch.Tensor, t: float, block_bytes: int = DEFAULT_BLOCK_BYTES) -> torch.Tensor:
