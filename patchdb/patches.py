@@ -105,11 +105,17 @@ def windows_at(images: torch.Tensor, k: int, positions: torch.Tensor, padding: s
         mode = "circular" if padding == "circular" else "constant"
         images = F.pad(images, (r, r, r, r), mode=mode)
     wp = w + 2 * r
-    offsets = (torch.arange(k).view(-1, 1) * wp + torch.arange(k).view(1, -1)).reshape(-1)
+    offsets = window_offsets(k, wp)
     top_left = (positions // w) * wp + positions % w
     index = (top_left.view(-1, 1) + offsets.view(1, -1)).reshape(-1).to(images.device)
     flat = images.reshape(n, c, -1)[:, :, index].view(n, c, positions.numel(), k * k)
     return flat.permute(0, 2, 1, 3).reshape(n, positions.numel(), c * k * k)
+
+
+def window_offsets(k: int, padded_width: int) -> torch.Tensor:
+    """Flat offsets (k*k,) of a ``k x k`` window's pixels from its top-left pixel, row-major, in an
+    image ``padded_width`` pixels wide (the image padded by ``k // 2``)."""
+    return (torch.arange(k).view(-1, 1) * padded_width + torch.arange(k).view(1, -1)).reshape(-1)
 
 
 def unfold_windows(images: torch.Tensor, k: int, padding: str = "zeros") -> torch.Tensor:

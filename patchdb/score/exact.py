@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..patches import Geometry, Group, geometry, windows_at
+from ..patches import Geometry, Group, geometry, window_offsets, windows_at
 from ..schedule import alpha_sigma
 from ..spec import Machine
 from .softmax import ReferencedSoftmax, with_ones
@@ -214,7 +214,7 @@ def _scan_pools(
     n, channels, height, width = images.shape
     padded = F.pad(images, (r, r, r, r)) if r else images
     wp, plane = width + 2 * r, (height + 2 * r) * (width + 2 * r)
-    offsets = (torch.arange(k).view(-1, 1) * wp + torch.arange(k).view(1, -1)).reshape(-1)
+    offsets = window_offsets(k, wp)
     offsets = (torch.arange(channels).view(-1, 1) * plane + offsets.view(1, -1)).reshape(-1).to(images.device)
     flat_padded, flat_images = padded.reshape(-1), images.reshape(n, channels, -1)
     for plan, pool in zip(plans, pools, strict=True):
