@@ -94,6 +94,29 @@ def test_pool_counts_every_candidate_once():
             assert pool.count.sum(dim=1).tolist() == [images.shape[0] * group.cand_pos.shape[1]] * group.cand_pos.shape[0]
 
 
+@pytest.mark.parametrize("machine", ["ls", "bbels"])
+def test_pools_sorted_in_chunks_equal_one_sort(machine):
+    # Chunks of a few images each, merged, give the same representatives and counts as one sort.
+    _, images, _ = sparse_case(4, n=23)
+    geom = patchdb.patches.geometry(machine, 3, 8, 8)
+    whole = candidate_pools(images, geom, max_share=1.0)
+    for chunk_bytes in (1, 9 * 64 * 3, 9 * 64 * 7):
+        chunked = candidate_pools(images, geom, max_share=1.0, chunk_bytes=chunk_bytes)
+        for a, b in zip(whole, chunked, strict=True):
+            assert torch.equal(a.image, b.image) and torch.equal(a.pos, b.pos) and torch.equal(a.count, b.count)
+
+
+def test_nearly_distinct_windows_skip_dedup():
+    # 8-bit noise: almost every 3x3 window differs, so pools would not pay for their sort.
+    images = torch.randint(0, 256, (40, 1, 8, 8), generator=torch.Generator().manual_seed(3)).double() / 127.5 - 1
+    geom = patchdb.patches.geometry("bbels", 3, 8, 8)
+    assert candidate_pools(images, geom) is None
+    assert candidate_pools(images, geom, max_share=1.0) is not None
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    want = brute_denoise(x.numpy(), 0.5, 3, images.numpy(), "bbels")
+    assert np.abs(ExactMachine(images, "bbels").denoise(x, 0.5, k=3).numpy() - want).max() < 1e-7
+
+
 def test_continuous_images_skip_dedup():
     # 76,800 distinct pixel values: too many for integer codes, the plain scan is used.
     _, images, _ = random_case(2, n=1200, h=8, w=8)

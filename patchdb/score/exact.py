@@ -160,12 +160,23 @@ class CandidatePool:
         return int((self.count > 0).sum())
 
 
-def candidate_pools(images: torch.Tensor, geom: Geometry) -> list[CandidatePool] | None:
+#: Distinct pools are only built when a group's first chunk of windows is at most this share distinct:
+#: above it the scan of distinct windows saves little (and its gather costs a little more per window).
+MAX_DISTINCT_SHARE = 0.9
+#: Windows are sorted for :func:`candidate_pools` in chunks of about this many bytes of codes, so the
+#: peak memory is one chunk's sort plus the distinct windows kept so far, not a sort of every window.
+POOL_CHUNK_BYTES = 256 * 2**20
+
+
+def candidate_pools(images: torch.Tensor, geom: Geometry, max_share: float = MAX_DISTINCT_SHARE,
+                    chunk_bytes: int = POOL_CHUNK_BYTES) -> list[CandidatePool] | None:
     """Distinct candidate windows of ``images`` per group of ``geom``, or None when not worth it.
 
     Windows are compared on integer codes of the pixel values (exact: equal codes, equal floats),
     so this only runs when the images hold at most 65,536 distinct values (8-bit sources have
-    256, coded in one byte). Cost: one sort of all windows of the training set per group.
+    256, coded in one byte). Cost: one sort per chunk of windows and one merge of the chunks'
+    distinct windows per group. None too when a group's first chunk is more than ``max_share``
+    distinct (natural images: nearly every window differs), so the plain scan is used.
     """
     values, codes = torch.unique(images.detach().cpu(), return_inverse=True)
     if values.numel() > 2**16:
@@ -178,7 +189,12 @@ def candidate_pools(images: torch.Tensor, geom: Geometry) -> list[CandidatePool]
     dtype = np.uint8 if small else np.uint16
     pools = []
     for group in geom.groups:
-        rows = [_distinct(codes, geom.k, cand_row, dtype) for cand_row in group.cand_pos]
+        rows = []
+        for cand_row in group.cand_pos:
+            found = _distinct(codes, geom.k, cand_row, dtype, max_share, chunk_bytes)
+            if found is None:
+                return None
+            rows.append(found)
         width = max(len(r[0]) for r in rows)
         image = torch.zeros((len(rows), width), dtype=torch.long)
         pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -190,15 +206,33 @@ def candidate_pools(images: torch.Tensor, geom: Geometry) -> list[CandidatePool]
     return pools
 
 
-def _distinct(codes: torch.Tensor, k: int, cand_pos: torch.Tensor, dtype) -> tuple[torch.Tensor, ...]:
-    """(image, pos, count) of the distinct windows of ``codes`` at ``cand_pos``, sorted by image."""
-    n = codes.shape[0]
-    windows = windows_at(codes, k, cand_pos).reshape(n * cand_pos.numel(), -1).numpy().astype(dtype, copy=False)
-    rows = np.ascontiguousarray(windows).view(np.dtype((np.void, windows.shape[1] * windows.itemsize))).ravel()
-    _, first, count = np.unique(rows, return_index=True, return_counts=True)
+def _distinct(codes: torch.Tensor, k: int, cand_pos: torch.Tensor, dtype, max_share: float = 1.0,
+              chunk_bytes: int = POOL_CHUNK_BYTES) -> tuple[torch.Tensor, ...] | None:
+    """(image, pos, count) of the distinct windows of ``codes`` at ``cand_pos``, sorted by first
+    occurrence (image, then position); None when the first chunk is more than ``max_share`` distinct."""
+    n, positions = codes.shape[0], cand_pos.numel()
+    row_bytes = codes.shape[1] * k * k * np.dtype(dtype).itemsize
+    per_chunk = max(1, chunk_bytes // max(positions * row_bytes, 1))
+    keys, firsts, counts = [], [], []
+    for start in range(0, n, per_chunk):
+        windows = windows_at(codes[start : start + per_chunk], k, cand_pos).reshape(-1, codes.shape[1] * k * k)
+        windows = np.ascontiguousarray(windows.numpy().astype(dtype, copy=False))
+        rows = windows.view(np.dtype((np.void, row_bytes))).ravel()
+        key, first, count = np.unique(rows, return_index=True, return_counts=True)
+        if start == 0 and len(key) > max_share * len(rows):
+            return None
+        keys.append(key)
+        firsts.append(first + start * positions)
+        counts.append(count)
+    if len(keys) == 1:
+        first, count = firsts[0], counts[0]
+    else:  # merge: a window's count is the sum over chunks; its earliest copy is in the earliest chunk
+        key, index, inverse = np.unique(np.concatenate(keys), return_index=True, return_inverse=True)
+        first = np.concatenate(firsts)[index]
+        count = np.bincount(inverse.ravel(), weights=np.concatenate(counts), minlength=len(key))
     order = np.argsort(first, kind="stable")
-    first, count = torch.from_numpy(first[order]), torch.from_numpy(count[order])
-    return first // cand_pos.numel(), cand_pos[first % cand_pos.numel()], count
+    first, count = torch.from_numpy(first[order]), torch.from_numpy(np.asarray(count[order], dtype=np.int64))
+    return first // positions, cand_pos[first % positions], count
 
 
 def _scan_pools(
