@@ -4,7 +4,9 @@ Run the network's DDIM sampler from each seed; at every step ``i`` (time ``t = i
 ``x`` the sampler holds, the network's score ``-eps_net / b_t`` with the machine's score
 ``-(x - a_t D_k) / b_t^2`` for every candidate size ``k`` by cosine similarity over all pixels and
 channels. A seed's best size at step ``i`` maximises the cosine; the schedule is the per-step median
-over seeds (the lower median, so it is always one of the candidates).
+over seeds. With an even number of seeds both middle values are medians: the one with the higher
+cosine averaged over the seeds is taken (:func:`median_size`), so the choice is always a candidate and
+does not lean towards the smaller size.
 
 The machine comes from a *factory* ``make(schedule) -> denoiser``, so the exact engine and the
 approximate (index) engine plug in the same way; only ``D(x, t, labels)`` is ever called.
@@ -77,9 +79,19 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1)).clamp_min(1e-300)
 
 
-def lower_median(values: torch.Tensor) -> torch.Tensor:
-    """Median along the last axis; for an even count the lower of the two middle values."""
-    return values.sort(dim=-1).values[..., (values.shape[-1] - 1) // 2]
+def median_size(cosine_table: torch.Tensor, sizes) -> torch.Tensor:
+    """Per-step median over seeds of the best size, from an (S, K, M) cosine table: (S,) sizes.
+
+    For an even M the two middle values are both medians; the one whose cosine averaged over the
+    seeds is higher wins (the lower one on a tie).
+    """
+    sizes = torch.as_tensor(sizes)
+    best = cosine_table.argmax(dim=1).sort(dim=-1).values  # (S, M) candidate positions, ascending
+    m = best.shape[-1]
+    low, high = best[:, (m - 1) // 2], best[:, m // 2]
+    mean = cosine_table.mean(dim=2)  # (S, K)
+    pick_high = mean.gather(1, high.view(-1, 1))[:, 0] > mean.gather(1, low.view(-1, 1))[:, 0]
+    return sizes[torch.where(pick_high, high, low)]
 
 
 def calibrate(
@@ -135,7 +147,7 @@ def calibrate(
             ddim_sample(probe, noise, steps, lab)
     finally:
         bar.close()
-    chosen = lower_median(torch.as_tensor(sizes)[table.argmax(dim=1)])
+    chosen = median_size(table, sizes)
     return Calibration(sizes, list(seeds), table, ScaleSchedule(tuple(int(k) for k in chosen), name="calibrated"))
 
 

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main
-from patchdb.calibrate import calibrate, check_sizes, cosine, lower_median, write_calibration
+from patchdb.calibrate import calibrate, check_sizes, cosine, median_size, write_calibration
 from patchdb.compare import machine_factory
 from patchdb.errors import PatchdbError
 from patchdb.schedule import ScaleSchedule, parse_schedule
@@ -55,9 +55,36 @@ def test_calibration_recovers_the_size_of_a_synthetic_network(true_k):
     assert (cal.best_per_seed() == true_k).all()
 
 
-def test_lower_median_and_cosine():
-    assert lower_median(torch.tensor([[3, 7, 5, 9]])).item() == 5
-    assert lower_median(torch.tensor([[3, 7, 5]])).item() == 5
+def brute_median_size(table, sizes):
+    """Independent rule: sort each step's per-seed best sizes; odd M: the middle one; even M: of the two
+    middle ones, the one with the higher seed-averaged cosine (the smaller on a tie)."""
+    out = []
+    for step in table.tolist():  # (K, M)
+        m = len(step[0])
+        best = sorted(max(range(len(sizes)), key=lambda j, s=s: (step[j][s], -j)) for s in range(m))
+        low, high = best[(m - 1) // 2], best[m // 2]
+        mean = [sum(row) / m for row in step]
+        out.append(sizes[high] if mean[high] > mean[low] else sizes[low])
+    return out
+
+
+def test_median_size_and_cosine():
+    sizes = (3, 5, 7, 9)
+    # Odd M: the plain median of the best sizes (9, 5, 7 -> 7).
+    odd = torch.zeros(1, 4, 3, dtype=torch.float64)
+    odd[0, 3, 0] = odd[0, 1, 1] = odd[0, 2, 2] = 1.0
+    assert median_size(odd, sizes).tolist() == [7]
+    # Even M: best sizes 5 and 9; size 9 has the higher mean cosine, so 9 (the lower median would say 5).
+    even = torch.zeros(1, 4, 2, dtype=torch.float64)
+    even[0, 1, 0], even[0, 3, 0] = 0.9, 0.8
+    even[0, 1, 1], even[0, 3, 1] = 0.1, 0.95
+    assert median_size(even, sizes).tolist() == [9]
+    even[0, 3, 0] = 0.0  # now 5 has the higher mean: 5
+    assert median_size(even, sizes).tolist() == [5]
+    g = torch.Generator().manual_seed(0)
+    for m in (1, 2, 3, 4, 6):
+        table = torch.rand(20, 4, m, generator=g, dtype=torch.float64)
+        assert median_size(table, sizes).tolist() == brute_median_size(table, sizes)
     u = torch.randn(2, 1, 4, 4)
     assert torch.allclose(cosine(u, 3 * u), torch.ones(2, dtype=torch.float64))
     assert torch.allclose(cosine(u, -u), -torch.ones(2, dtype=torch.float64))
