@@ -274,7 +274,8 @@ def _build_entry(images: torch.Tensor, k: int, entry: Entry, config: BuildConfig
     """Train one index for the family (shared by its sub-groups), fill one copy per sub-group, tune on the first."""
     groups, per_image = entry.cand_pos.shape
     n, d = images.shape[0] * per_image, images.shape[1] * k * k
-    plan = fx.choose_key(n, d, config.memory_bytes, config.index_key, copies=groups)
+    pca_dim = fx.EDGE_PCA_DIM if entry.family == "edge" else fx.PCA_DIM
+    plan = fx.choose_key(n, d, config.memory_bytes, config.index_key, copies=groups, pca_dim=pca_dim)
     start = time.perf_counter()
     trained = None
     if plan.ntrain:

@@ -39,6 +39,9 @@ def test_choose_key_small_flat_large_ivf_and_budget():
     big = fx.choose_key(50_000_000, 289, 8 * 2**30)
     assert big.key.startswith("PCAR32,IVF16384_HNSW32") and big.bytes <= 8 * 2**30 and big.ntrain > 0
     assert fx.choose_key(2_000_000, 25, 2**30).key == "IVF2048,SQ8"
+    # Edge families keep more PCA dims (their rows are partly padding); small windows keep all.
+    assert fx.choose_key(240_000, 81, 2**30, pca_dim=fx.EDGE_PCA_DIM).key.startswith("PCAR64,IVF")
+    assert fx.choose_key(240_000, 49, 2**30, pca_dim=fx.EDGE_PCA_DIM).key.startswith("IVF")
     squeezed = fx.choose_key(50_000_000, 81, 1.5 * 2**30)
     assert ",PQ" in squeezed.key  # SQ8 would not fit 2 GiB
     with pytest.raises(PatchdbError, match="raise --memory"):
