@@ -32,6 +32,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Self
 
 import h5py
 import numpy as np
@@ -75,13 +76,6 @@ class PatchSource:
         x = images.to(dtype).div_(127.5).sub_(1.0)  # same arithmetic as Dataset.to_float
         self.padded = F.pad(x, (pad, pad, pad, pad)).contiguous()
         self.hp, self.wp = self.height + 2 * pad, self.width + 2 * pad
-        self._offsets: dict[int, torch.Tensor] = {}
-
-    def _offs(self, k: int) -> torch.Tensor:
-        if k not in self._offsets:
-            c, dy, dx = torch.meshgrid(torch.arange(self.channels), torch.arange(k), torch.arange(k), indexing="ij")
-            self._offsets[k] = (c * self.hp * self.wp + dy * self.wp + dx).reshape(-1)
-        return self._offsets[k]
 
     def _base(self, image: torch.Tensor, pos: torch.Tensor, shift: int) -> torch.Tensor:
         y, x = pos // self.width, pos % self.width
@@ -92,8 +86,13 @@ class PatchSource:
 
         Features are ordered as :func:`patches.unfold_windows` orders them (channel, row, column).
         """
-        base = self._base(image, pos, self.pad - k // 2)
-        return self.padded.view(-1)[base.unsqueeze(-1) + self._offs(k)]
+        shift = self.pad - k // 2
+        y, x = pos // self.width + shift, pos % self.width + shift
+        # A strided view of every k x k window (no copy): indexing it copies whole window rows, about
+        # twice as fast as gathering each element by a flat offset.
+        c, hp, wp = self.channels, self.hp, self.wp
+        view = self.padded.as_strided((self.n, c, hp - k + 1, wp - k + 1, k, k), (c * hp * wp, hp * wp, wp, 1, wp, 1))
+        return view[image, :, y, x].reshape(*torch.broadcast_shapes(image.shape, pos.shape), c * k * k)
 
     def centres(self, image: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Centre pixels (..., C)."""
@@ -411,7 +410,7 @@ class IndexFile:
                 if e.attrs["indexed"] and len(e["index"]) != e["cand_pos"].shape[0]:
                     raise PatchdbError(f"{self.path} size {k} has missing sub-indexes; rebuild it")
 
-    def __enter__(self) -> IndexFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -120,3 +120,15 @@ def test_validate_engines_identical_when_exact(tmp_path):
     rep = validate_engines(exact, approx, [0, 1, 2], (1, 8, 8), 2, torch.tensor([0, 1, 0]), batch_size=2)
     assert rep["r2_median"] > 1 - 1e-8 and len(rep["steps"]) == 2
     assert all(s["max_abs_diff_max"] < 1e-5 for s in rep["steps"])
+
+
+def test_box_sums_at_positions_match_a_clipped_window_sum():
+    # Corner / LS families read window dot products from integral images: check against plain sums.
+    from patchdb.score.approx import _box_at
+
+    v = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pos = torch.tensor([0, 8, 30, 62, 54, 33])
+    for r in (0, 1, 3, 6):
+        want = torch.stack([v[..., max(0, p // 9 - r) : p // 9 + r + 1, max(0, p % 9 - r) : p % 9 + r + 1].sum((-1, -2))
+                            for p in pos.tolist()], dim=-1)
+        assert torch.allclose(_box_at(v, r, pos), want, atol=1e-12, rtol=0)

@@ -53,7 +53,7 @@ def test_choose_key_small_flat_large_ivf_and_budget():
 def test_patch_source_matches_unfold():
     ds = tiny_dataset(n=3, c=2, h=7, w=9)
     x = ds.to_float()
-    for k in (1, 3, 5):
+    for k in (1, 3, 5, 7):
         src = PatchSource(ds.images, pad=3)
         ref = unfold_windows(x, k, "zeros")  # (N, C*k*k, HW)
         img = torch.tensor([[0, 2], [1, 1]])

@@ -83,7 +83,9 @@ class ApproxMachine:
         self.k_factor = int(k_factor)
         self.dtype, self.seed = dtype, seed
         self.labels = index.labels()
-        self.source = PatchSource(index.images(), max(index.sizes) // 2, dtype)
+        # Re-rank logits are computed in float64 whatever the dtype (see _denoise): keep the source in
+        # float64 so gathered windows need no conversion (twice the memory of the images in float32).
+        self.source = PatchSource(index.images(), max(index.sizes) // 2, torch.float64)
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
         self._entries: dict[int, list[Entry]] = {}
@@ -188,8 +190,9 @@ class ApproxMachine:
                              lo: int, hi: int) -> torch.Tensor:
         """LS-like families (corners, LS fallback): every image ``lo..hi`` at the query's own position.
 
-        Window dot products are box sums of ``x * phi`` (zero padding = a box clipped to the image), so
-        the cost is O(B N H W) whatever k. Returns (b, C, P) for the flat positions ``pos`` (P,).
+        Window dot products are box sums of ``x * phi`` (zero padding = a box clipped to the image), read
+        from integral images at the asked-for positions only, so the cost is O(B N H W) whatever k.
+        Returns (b, C, P) for the flat positions ``pos`` (P,).
         """
         src, r = self.source, k // 2
         xs = x.double()
@@ -198,8 +201,8 @@ class ApproxMachine:
         inner = (slice(None), slice(None), slice(src.pad, src.pad + src.height), slice(src.pad, src.pad + src.width))
         for start in range(lo, hi, step):
             phi = src.padded[start : min(hi, start + step)][inner].double()  # (n, C, H, W)
-            dots = _box(torch.einsum("bchw,nchw->bnhw", xs, phi), k, r).flatten(2)[:, :, pos]  # (b, n, P)
-            norms = _box(phi.square().sum(1, keepdim=True), k, r).flatten(2)[:, 0, pos]  # (n, P)
+            dots = _box_at(torch.einsum("bchw,nchw->bnhw", xs, phi), r, pos)  # (b, n, P)
+            norms = _box_at(phi.square().sum(1), r, pos)  # (n, P)
             logits = (dots.mul_(2 * a).sub_((a * a) * norms)).mul_(0.5 / (b * b)).permute(2, 0, 1)  # (P, b, n)
             centres = phi.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, n, C)
             acc.add(logits.contiguous(), with_ones(centres))
@@ -286,11 +289,16 @@ class ApproxMachine:
         return torch.sigmoid(log_tail - log_z)
 
 
-def _box(images: torch.Tensor, k: int, r: int) -> torch.Tensor:
-    """k x k box sums with zero padding, same size out: (N, C, H, W) -> (N, C, H, W)."""
-    n, c, h, w = images.shape
-    return torch.nn.functional.avg_pool2d(images.reshape(n * c, 1, h, w), k, stride=1, padding=r,
-                                          count_include_pad=True).mul_(k * k).view(n, c, h, w)
+def _box_at(values: torch.Tensor, r: int, pos: torch.Tensor) -> torch.Tensor:
+    """Sums of ``values`` (..., H, W) over the ``(2r+1) x (2r+1)`` boxes centred at flat ``pos`` (P,),
+    clipped to the image (zero padding): (..., P). Four reads of an integral image per box."""
+    h, w = values.shape[-2:]
+    integral = torch.nn.functional.pad(values.cumsum(-2).cumsum(-1), (1, 0, 1, 0)).flatten(-2)  # (..., (H+1)(W+1))
+    y, x = pos // w, pos % w
+    y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=h)
+    x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=w)
+    at = lambda yy, xx: integral[..., yy * (w + 1) + xx]  # noqa: E731
+    return at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
 
 
 def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
