@@ -297,8 +297,8 @@ def _box_at(values: torch.Tensor, r: int, pos: torch.Tensor) -> torch.Tensor:
     y, x = pos // w, pos % w
     y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=h)
     x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=w)
-    at = lambda yy, xx: integral[..., yy * (w + 1) + xx]  # noqa: E731
-    return at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
+    corner = [integral[..., yy * (w + 1) + xx] for yy, xx in ((y1, x1), (y0, x1), (y1, x0), (y0, x0))]
+    return corner[0] - corner[1] - corner[2] + corner[3]
 
 
 def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
