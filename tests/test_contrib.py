@@ -161,3 +161,27 @@ def test_weights_are_sorted_and_sum_to_at_most_one(seed, machine, t):
     assert bool((w[:, :-1] >= w[:, 1:] - 1e-15).all())
     assert bool((w.sum(-1) <= 1 + 1e-9).all())
     assert bool((res.effective_sources[0] >= 1 - 1e-9).all())
+
+
+def test_index_contributors_recompute_the_engine_denoiser_with_ivf(tmp_path):
+    # Attribution through an IVF index retrieves and weighs as the approximate engine does, so its
+    # denoiser equals the engine's, also in float32 at t ~ 1 (query x / a ~ 80: float32 logits or a
+    # float32 division before the search moved it by ~2e-3).
+    from patchdb.data import Dataset
+    from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
+    from patchdb.score import make_denoiser
+    from patchdb.schedule import alpha_sigma
+    from patchdb.score.contrib import index_contributors
+
+    g = torch.Generator().manual_seed(0)
+    images = (torch.randint(0, 4, (400, 1, 8, 8), generator=g) * 85).to(torch.uint8)  # 4 levels: many near-ties
+    ds = Dataset(images, torch.zeros(400, dtype=torch.long), ("0",), "r", {"policy": "none"})
+    path = tmp_path / "ivf.h5"
+    build_index_file(ds, path, BuildConfig("bbels", (3,), index_key="IVF64,Flat"), progress=False)
+    f = IndexFile(path)
+    engine = make_denoiser("bbels", "constant:3", index=f, topk=8)
+    for t in (0.1, 0.7, 0.95, 1.0):
+        a, b = alpha_sigma(t)
+        x = (a * ds.to_float()[:4] + b * torch.randn(4, 1, 8, 8, generator=g)).float()
+        got = index_contributors(x, f, t, 3, "bbels", m=4, topk=8).denoised
+        assert (got - engine(x, t)).abs().max() < 1e-5

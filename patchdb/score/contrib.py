@@ -534,17 +534,18 @@ def index_contributors(
     for grp, entry_i in zip(geom.groups, _index_entries(index, machine, k, geom.groups)):
         for g in range(grp.query_pos.shape[0]):
             qpos = grp.query_pos[g]
-            q = queries[:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1])  # (B*mq, d)
+            q = queries[:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1]).double()  # (B*mq, d)
             img, pos, valid = _retrieve(index, src, k, entry_i, g, grp.cand_pos[g], q, topk, lo, hi, a)
-            win = src.windows(img, pos, k).to(x.dtype)  # (R, P, d)
+            # Logits and their normalisation in float64 whatever x.dtype, as the engine does: at t ~ 1 the
+            # query x / a is ~80 in size and float32 logits moved D by up to 2e-3 against the engine's.
+            win = src.windows(img, pos, k).double()  # (R, P, d)
             if distance:
                 logits = torch.einsum("rd,rpd->rp", q, win).add_(win.square().sum(-1).mul_(-0.5))
-            else:  # -|x - a phi|^2 / 2b^2 as a difference, in float64 (no cancellation; as the engine)
-                d2 = win.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1)
-                logits = d2.mul_(-0.5 / (bb * bb)).to(x.dtype)
+            else:  # -|x - a phi|^2 / 2b^2 as a difference (no cancellation; as the engine)
+                logits = win.mul_(-a).add_(q.unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (bb * bb))
             logits.masked_fill_(~valid, float("-inf"))
             ids = torch.where(valid, img * (h * w) + pos, torch.full_like(img, -1))
-            _fill_rows(out, logits, ids, src.centres(img, pos).to(x.dtype), qpos, b, m, mass, FAMILY_CODE[grp.family])
+            _fill_rows(out, logits, ids, src.centres(img, pos).double(), qpos, b, m, mass, FAMILY_CODE[grp.family])
     out.denoised = out.denoised.view(b, c, h, w)
     return out
 
@@ -561,14 +562,14 @@ def _fill_rows(out: Contributors, logits, ids, centres, qpos, b: int, m: int, ma
     count, covered = cover(top_w, mass)
     shape = (b, len(qpos))
     out.ids[:, qpos, :mm] = top_ids.view(*shape, mm)
-    out.weights[:, qpos, :mm] = top_w.view(*shape, mm)
-    out.logits[:, qpos, :mm] = top.view(*shape, mm)
+    out.weights[:, qpos, :mm] = top_w.view(*shape, mm).to(out.weights.dtype)
+    out.logits[:, qpos, :mm] = top.view(*shape, mm).to(out.logits.dtype)
     out.count[:, qpos] = count.view(shape)
-    out.covered[:, qpos] = covered.view(shape)
-    out.entropy[:, qpos] = ent.view(shape).clamp(min=0)
-    out.log_norm[:, qpos] = log_norm.view(shape)
+    out.covered[:, qpos] = covered.view(shape).to(out.covered.dtype)
+    out.entropy[:, qpos] = ent.view(shape).clamp(min=0).to(out.entropy.dtype)
+    out.log_norm[:, qpos] = log_norm.view(shape).to(out.log_norm.dtype)
     out.family[qpos] = family
-    out.denoised[:, :, qpos] = torch.einsum("rp,rpc->rc", wts, centres).view(*shape, -1).permute(0, 2, 1)
+    out.denoised[:, :, qpos] = torch.einsum("rp,rpc->rc", wts, centres).view(*shape, -1).permute(0, 2, 1).to(out.denoised.dtype)
 
 
 def nearest_patches_index(x: torch.Tensor, index, k: int, machine: Machine | str = Machine.BBELS, n: int = 5,
