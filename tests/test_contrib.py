@@ -169,8 +169,8 @@ def test_index_contributors_recompute_the_engine_denoiser_with_ivf(tmp_path):
     # float32 division before the search moved it by ~2e-3).
     from patchdb.data import Dataset
     from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
-    from patchdb.score import make_denoiser
     from patchdb.schedule import alpha_sigma
+    from patchdb.score import make_denoiser
     from patchdb.score.contrib import index_contributors
 
     g = torch.Generator().manual_seed(0)
