@@ -188,3 +188,13 @@ def test_nan_and_shape_errors():
         patchdb.denoise(x, 0.5, 3, images, "els")
     with pytest.raises(PatchdbError, match="shape"):
         patchdb.denoise(torch.zeros(1, 1, 5, 5, dtype=torch.float64), 0.5, 3, images, "els")
+
+
+def test_prepare_builds_the_pool_once_and_changes_nothing():
+    x, images, labels = sparse_case(11)
+    engine = ExactMachine(images, "bbels", labels=labels)
+    engine.prepare(3)
+    engine.prepare(3, label=1)
+    assert set(engine._pools) == {(None, 3), (1, 3)}
+    want = ExactMachine(images, "bbels", labels=labels, dedup=False).denoise(x, 0.4, k=3)
+    assert torch.allclose(engine.denoise(x, 0.4, k=3), want, atol=1e-12, rtol=0)
