@@ -27,21 +27,11 @@ from patchdb.data import load_dataset
 
 
 def recall_fixed(images, index, k, cand_pos, cfg, nprobe, factor) -> float:
+    """Recall@K of one sub-index at a fixed (nprobe, re-rank factor), measured as the builder's tuner does."""
     chunk = max(1, ixf.CHUNK_ELEMENTS // (cand_pos.shape[1] * k * k))
-    queries, _ = ixf.sample_vectors(images, k, cand_pos, cfg.recall_queries, cfg.seed + 1000 + k)
-    rng = np.random.default_rng(cfg.seed)
-    queries = (queries + 0.2 * rng.standard_normal(queries.shape)).astype(np.float32)
-    dist, _ = fx.exact_knn(queries, ixf.vector_chunks(images, k, cand_pos[0], chunk), cfg.recall_k)
-    per_image = cand_pos.shape[1]
-
-    def true_dist(ids):
-        safe = torch.from_numpy(np.maximum(ids, 0))
-        used, local = torch.unique(safe // per_image, return_inverse=True)
-        vecs = ixf.PatchSource(images[used], k // 2).windows(local, cand_pos[0][safe % per_image], k).numpy()
-        return np.where(ids >= 0, ((vecs - queries[:, None]) ** 2).sum(-1), np.inf)
-
+    queries, kth, true_dist = ixf.recall_probe(images, k, cand_pos, cfg, chunk)
     _, ids = fx.search(index, queries, cfg.recall_k * factor, nprobe)
-    return fx.recall_at(true_dist(ids), dist[:, -1], cfg.recall_k)
+    return fx.recall_at(true_dist(ids), kth, cfg.recall_k)
 
 
 @click.command()

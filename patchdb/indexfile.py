@@ -312,6 +312,14 @@ def _tune(index, key: str, images: torch.Tensor, k: int, cand_pos: torch.Tensor,
     """Recall@K of sub-index 0 against exact search, on data-like queries (a stored window plus noise)."""
     if key == "Flat":
         return {"nprobe": 0, "k_factor": 1, "efSearch": 0, "recall": 1.0, "curve": []}
+    queries, kth, true_dist = recall_probe(images, k, cand_pos, config, chunk_images)
+    return fx.tune(index, queries, kth, true_dist, config.recall_k, config.target_recall)
+
+
+def recall_probe(images: torch.Tensor, k: int, cand_pos: torch.Tensor, config: BuildConfig, chunk_images: int):
+    """What recall@K of sub-group ``cand_pos[0]`` is measured with: data-like queries (a stored window
+    plus noise 0.2), their true K-th distances by exact search, and ``true_dist(ids)``, the exact
+    distances of found ids (inf for -1) as the engine's re-rank sees them."""
     queries, _ = sample_vectors(images, k, cand_pos, config.recall_queries, config.seed + 1000 + k)
     rng = np.random.default_rng(config.seed)
     queries = (queries + 0.2 * rng.standard_normal(queries.shape)).astype(np.float32)
@@ -324,7 +332,7 @@ def _tune(index, key: str, images: torch.Tensor, k: int, cand_pos: torch.Tensor,
         vecs = PatchSource(images[used], k // 2).windows(local, cand_pos[0][safe % per_image], k).numpy()
         return np.where(ids >= 0, ((vecs - queries[:, None]) ** 2).sum(-1), np.inf)
 
-    return fx.tune(index, queries, dist[:, -1], true_dist, config.recall_k, config.target_recall)
+    return queries, dist[:, -1], true_dist
 
 
 def _assemble(dataset, out: Path, config: BuildConfig, partial: Path, sizes: list[int], keep_from: list[int]) -> None:
