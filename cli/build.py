@@ -9,21 +9,15 @@ from pathlib import Path
 import click
 
 from patchdb.errors import PatchdbError
+from patchdb.index import parse_bytes
 from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
 from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
 
 from .options import dataset_options, load_from_options
 
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
 def parse_memory(text: str) -> int:
-    """Bytes from ``8GiB``, ``16G``, ``500MB`` or a plain number of bytes."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
-    if not match:
-        raise PatchdbError(f"--memory '{text}' is not a size; write e.g. 8GiB, 16G or 500MB")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return parse_bytes(text, "--memory")
 
 
 def default_out(dataset: str, machine: Machine) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -149,6 +150,17 @@ def _check_budget(plan: IndexPlan, memory_bytes: int) -> IndexPlan:
             "use --index-key auto (it picks compressed codes) or raise --memory"
         )
     return plan
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str, what: str = "size") -> int:
+    """Bytes from ``8GiB``, ``16G``, ``500MB`` or a plain number of bytes; ``what`` names the option in errors."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if not match:
+        raise PatchdbError(f"{what} '{text}' is not a size; write e.g. 8GiB, 16G or 500MB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def _gib(n: int) -> str:

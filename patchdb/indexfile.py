@@ -387,11 +387,38 @@ def _write_size(parent: h5py.Group, k: int, machine: Machine, dataset, partial: 
 # --------------------------------------------------------------------------------------------
 
 
-class IndexFile:
-    """A complete index file opened for reading; sub-indexes are deserialized on first use."""
+#: Environment variable: memory for loaded sub-indexes (e.g. ``8GiB``); unset: half the available memory.
+CACHE_ENV = "PATCHDB_INDEX_MEMORY"
 
-    def __init__(self, path: str | os.PathLike):
+
+def default_cache_bytes() -> int | None:
+    """``PATCHDB_INDEX_MEMORY`` if set, else half of MemAvailable (Linux), else None (no limit)."""
+    text = os.environ.get(CACHE_ENV)
+    if text:
+        return fx.parse_bytes(text, CACHE_ENV)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return None
+
+
+class IndexFile:
+    """A complete index file opened for reading; sub-indexes are deserialized on first use.
+
+    Loaded sub-indexes are kept per patch size, least recently used size first out, within
+    ``cache_bytes`` (default :func:`default_cache_bytes`): a sampler walking a schedule over a file
+    bigger than memory (N = 60,000, 8 sizes: 20 GB) holds the sizes it is using and reloads the others.
+    The size being used is never unloaded, so one size larger than the budget still works.
+    """
+
+    def __init__(self, path: str | os.PathLike, cache_bytes: int | None = -1):
         self.path = Path(path)
+        self.cache_bytes = default_cache_bytes() if cache_bytes == -1 else cache_bytes
+        self.loads = 0  # sub-index deserializations (tests and logs)
         self.h5 = open_checked(self.path, INDEX_FORMAT, INDEX_VERSION)
         try:
             self.meta = metadata(self.h5)
@@ -404,7 +431,7 @@ class IndexFile:
         self.machine = Machine.parse(self.meta["machine"])
         self.sizes = tuple(int(k) for k in self.meta["sizes"])
         self.channels, self.height, self.width = self.meta["shape"]
-        self._indexes: dict[tuple[int, int, int], object] = {}
+        self._indexes: dict[tuple[int, int, int], tuple[object, int]] = {}
 
     def _check_complete(self) -> None:
         for name in ("images", "labels", "sizes"):
@@ -450,8 +477,33 @@ class IndexFile:
     def index(self, k: int, i: int, g: int):
         key = (k, i, g)
         if key not in self._indexes:
-            self._indexes[key] = fx.deserialize(self.h5[f"sizes/k{k}/e{i}/index/{g}"][()])
-        return self._indexes[key]
+            data = self.h5[f"sizes/k{k}/e{i}/index/{g}"]
+            self._make_room(k, data.nbytes)
+            self._indexes[key] = (fx.deserialize(data[()]), int(data.nbytes))
+            self.loads += 1
+        # Most recently used last: re-insert this size's entries (dicts keep insertion order).
+        if next(reversed(self._indexes))[0] != k:
+            for other in [key2 for key2 in self._indexes if key2[0] == k]:
+                self._indexes[other] = self._indexes.pop(other)
+        return self._indexes[key][0]
+
+    def loaded_sizes(self) -> list[int]:
+        """Patch sizes with sub-indexes in memory, least recently used first."""
+        return list(dict.fromkeys(key[0] for key in self._indexes))
+
+    def _make_room(self, k: int, incoming: int) -> None:
+        if self.cache_bytes is None:
+            return
+        used = sum(nbytes for _, nbytes in self._indexes.values())
+        for old in self.loaded_sizes():
+            if used + incoming <= self.cache_bytes:
+                break
+            if old == k:
+                continue
+            for key in [key2 for key2 in self._indexes if key2[0] == old]:
+                used -= self._indexes.pop(key)[1]
+            log.info("unloaded the k=%d indexes of %s (index memory budget %.1f GiB; set %s to keep more)",
+                     old, self.path.name, self.cache_bytes / 2**30, CACHE_ENV)
 
     def check_dataset(self, fingerprint: str | None) -> None:
         if fingerprint is not None and fingerprint != self.fingerprint:

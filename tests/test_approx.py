@@ -132,3 +132,31 @@ def test_box_sums_at_positions_match_a_clipped_window_sum():
         want = torch.stack([v[..., max(0, p // 9 - r) : p // 9 + r + 1, max(0, p % 9 - r) : p % 9 + r + 1].sum((-1, -2))
                             for p in pos.tolist()], dim=-1)
         assert torch.allclose(_box_at(v, r, pos), want, atol=1e-12, rtol=0)
+
+
+def test_index_memory_budget_unloads_sizes_and_keeps_results(tmp_path, monkeypatch):
+    """A budget below two sizes keeps one size loaded at a time, reloads on return, and changes no output."""
+    ds = random_dataset(12, 1, 10, 10, seed=5)
+    path = tmp_path / "budget.h5"
+    build_index_file(ds, path, BuildConfig("bbels", (3, 5, 7)), progress=False)
+    x = torch.randn(2, 1, 10, 10, generator=torch.Generator().manual_seed(6))
+    calls = [(3, 0.9), (5, 0.6), (7, 0.3), (3, 0.2)]
+
+    def run(cache_bytes):
+        f = IndexFile(path, cache_bytes=cache_bytes)
+        approx = ApproxMachine(f, "bbels", topk=64)
+        outs = [approx.denoise(x, t, k=k) for k, t in calls]
+        return f, outs
+
+    unlimited, want = run(None)
+    assert unlimited.loaded_sizes() == [5, 7, 3]  # least recently used first
+    tight, got = run(0)
+    assert tight.loaded_sizes() == [3]
+    assert tight.loads > unlimited.loads  # size 3 was loaded twice
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.setenv("PATCHDB_INDEX_MEMORY", "12MiB")
+    assert IndexFile(path).cache_bytes == 12 * 2**20
+    monkeypatch.setenv("PATCHDB_INDEX_MEMORY", "lots")
+    with pytest.raises(PatchdbError, match="PATCHDB_INDEX_MEMORY 'lots' is not a size"):
+        IndexFile(path)
