@@ -16,6 +16,7 @@ from patchdb.spec import Machine
 
 from .options import dataset_options, load_from_options
 
+
 def parse_memory(text: str) -> int:
     return parse_bytes(text, "--memory")
 
