@@ -217,10 +217,7 @@ class ApproxMachine:
         index = self.file.index(*key)
         factor = self.k_factor or int(entry.info.get("k_factor", 1))
         want = min(self.topk * factor, id_hi - id_lo)  # never ask for more than exist
-        _, ids = fx.search(index, (q / a).float().numpy(), want, self.nprobe, self.ef,
-                           None if whole else (id_lo, id_hi))
-        ids = torch.from_numpy(ids)
-        ids = self._refill_empty(index, q / a, ids, want, None if whole else (id_lo, id_hi))
+        ids = search_ids(index, q / a, want, self.nprobe, self.ef, None if whole else (id_lo, id_hi))
         n_total = id_hi - id_lo
         sample = self._tail_sample(key, id_lo, id_hi) if self.tail else None
         vals, bounds, tails = [], [], []
@@ -232,27 +229,11 @@ class ApproxMachine:
             tails.append(tl)
         return torch.cat(vals), torch.cat(bounds), (torch.cat(tails) if sample is not None else None)
 
-    def _refill_empty(self, index, q: torch.Tensor, ids: torch.Tensor, want: int, id_range) -> torch.Tensor:
-        """Rows whose probed lists held nothing (far-out queries at t ~ 1) are searched again with 8x more
-        lists until they find candidates: a row without any would give 0/0."""
-        empty = (ids < 0).all(1).nonzero().view(-1)
-        nprobe = max(1, self.nprobe or getattr(fx._ivf(index), "nprobe", 1))
-        nlist = getattr(fx._ivf(index), "nlist", 1)
-        while empty.numel() and nprobe < nlist:
-            nprobe = min(nlist, nprobe * 8)
-            _, again = fx.search(index, q[empty].float().numpy(), want, nprobe, self.ef, id_range)
-            ids[empty] = torch.from_numpy(again)
-            empty = empty[(ids[empty] < 0).all(1)]
-        return ids
-
     def _rerank(self, q, ids, cand_pos, per_image, k, a, b, n_total, sample):
         valid = ids >= 0
         safe = ids.clamp(min=0)
         img, pos = safe // per_image, cand_pos[safe % per_image]
-        w = self.source.windows(img, pos, k).double()  # (R, K, d)
-        # -|x_p - a phi|^2 / 2b^2 as a difference: no cancellation of large terms (float32 stays ~1e-6 exact).
-        logits = w.mul_(-a).add_(q.unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
-        logits.masked_fill_(~valid, -math.inf)
+        logits = window_logits(q, self.source.windows(img, pos, k), a, b).masked_fill_(~valid, -math.inf)
         acc = SoftmaxAccumulator((q.shape[0], 1), self.source.channels, q.dtype, q.device)
         acc.add(logits.clone().unsqueeze(1), with_ones(self.source.centres(img, pos).double()))
         log_z = acc.log_normaliser()[:, 0]
@@ -287,6 +268,38 @@ class ApproxMachine:
         values = with_ones(self.source.centres(img, pos).double()).unsqueeze(0).expand(q.shape[0], -1, -1)
         acc.add(logits.unsqueeze(1), values)
         return torch.sigmoid(log_tail - log_z)
+
+
+def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int = 0,
+               id_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """Ids (R, want) int64 of the ``want`` nearest stored vectors to ``queries`` (R, d) (already ``x / a``),
+    -1 where fewer exist. Rows whose probed IVF lists held nothing (far-out queries at t ~ 1) are searched
+    again with 8x more lists until they find candidates: a row without any would give 0/0.
+
+    The one retrieval rule of the approximate engine and of attribution through an index
+    (:mod:`patchdb.score.contrib`), so that both see the same candidates.
+    """
+    q = queries.float().numpy()
+    _, found = fx.search(index, q, want, nprobe, ef, id_range)
+    ids = torch.from_numpy(found).long()
+    ivf = fx._ivf(index)
+    if ivf is None:
+        return ids
+    empty = (ids < 0).all(1).nonzero().view(-1)
+    probe = max(1, nprobe or int(ivf.nprobe))
+    while empty.numel() and probe < ivf.nlist:
+        probe = min(ivf.nlist, probe * 8)
+        _, again = fx.search(index, q[empty.numpy()], want, probe, ef, id_range)
+        ids[empty] = torch.from_numpy(again).long()
+        empty = empty[(ids[empty] < 0).all(1)]
+    return ids
+
+
+def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``-|q_r - a phi_rj|^2 / 2b^2`` for query rows ``q`` (R, d) and their candidates ``windows`` (R, P, d),
+    in float64 whatever the inputs: written as a difference (no cancellation of large terms), so at
+    t = 0.05, where logits reach ~1e3, D stays ~1e-6 exact. Overwrites a float64 ``windows``."""
+    return windows.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
 
 
 def _box_at(values: torch.Tensor, r: int, pos: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from ..errors import PatchdbError
 from ..patches import Group, geometry, unfold_windows
 from ..schedule import alpha_sigma, check_patch_size
 from ..spec import Machine
+from .approx import search_ids, window_logits
 from .exact import Coefficients
 from .softmax import LOG_FLOOR, with_ones
 
@@ -468,8 +469,6 @@ def _retrieve(index, src, k: int, entry_i: int, g: int, cand_pos: torch.Tensor, 
     Indexed families: the FAISS top-``topk`` of ``q / a`` within images ``[lo, hi)``; the others
     (corners, LS fallback: one candidate per image) every image of the range.
     """
-    from .. import index as fx
-
     entry = index.entries(k)[entry_i]
     per_image = entry.per_image
     if not entry.indexed:
@@ -478,22 +477,9 @@ def _retrieve(index, src, k: int, entry_i: int, g: int, cand_pos: torch.Tensor, 
         return img, pos, torch.ones_like(img, dtype=torch.bool)
     whole = lo == 0 and hi == src.n
     id_range = None if whole else (lo * per_image, hi * per_image)
-    # As the approximate engine retrieves (patchdb.score.approx): K times the stored k_factor, capped
-    # by what exists, and rows whose probed IVF lists were empty searched again with more lists.
+    # As the approximate engine retrieves: K times the stored k_factor, capped by what exists.
     want = min(topk * int(entry.info.get("k_factor", 1)), (hi - lo) * per_image)
-    sub = index.index(k, entry_i, g)
-    queries = (q / a).float().numpy()
-    _, ids = fx.search(sub, queries, want, 0, 0, id_range)
-    ids = torch.from_numpy(ids).long()
-    ivf = fx._ivf(sub)
-    if ivf is not None:
-        empty = (ids < 0).all(1).nonzero().view(-1)
-        nprobe = max(1, int(ivf.nprobe))
-        while empty.numel() and nprobe < ivf.nlist:
-            nprobe = min(ivf.nlist, nprobe * 8)
-            _, again = fx.search(sub, queries[empty.numpy()], want, nprobe, 0, id_range)
-            ids[empty] = torch.from_numpy(again).long()
-            empty = empty[(ids[empty] < 0).all(1)]
+    ids = search_ids(index.index(k, entry_i, g), q / a, want, 0, 0, id_range)
     valid = ids >= 0
     safe = ids.clamp(min=0)
     return safe // per_image, cand_pos[safe % per_image], valid
@@ -541,8 +527,8 @@ def index_contributors(
             win = src.windows(img, pos, k).double()  # (R, P, d)
             if distance:
                 logits = torch.einsum("rd,rpd->rp", q, win).add_(win.square().sum(-1).mul_(-0.5))
-            else:  # -|x - a phi|^2 / 2b^2 as a difference (no cancellation; as the engine)
-                logits = win.mul_(-a).add_(q.unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (bb * bb))
+            else:
+                logits = window_logits(q, win, a, bb)
             logits.masked_fill_(~valid, float("-inf"))
             ids = torch.where(valid, img * (h * w) + pos, torch.full_like(img, -1))
             _fill_rows(out, logits, ids, src.centres(img, pos).double(), qpos, b, m, mass, FAMILY_CODE[grp.family])
