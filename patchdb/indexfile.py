@@ -432,6 +432,8 @@ class IndexFile:
         self.sizes = tuple(int(k) for k in self.meta["sizes"])
         self.channels, self.height, self.width = self.meta["shape"]
         self._indexes: dict[tuple[int, int, int], tuple[object, int]] = {}
+        self._entries: dict[int, list[Entry]] = {}
+        self._source: PatchSource | None = None
 
     def _check_complete(self) -> None:
         for name in ("images", "labels", "sizes"):
@@ -466,13 +468,23 @@ class IndexFile:
         return torch.from_numpy(self.h5["labels"][()]).long()
 
     def entries(self, k: int) -> list[Entry]:
-        grp = self.h5[f"sizes/k{k}"]
-        out = []
-        for i in range(len(grp)):
-            e = grp[f"e{i}"]
-            out.append(Entry(str(e.attrs["family"]), torch.from_numpy(e["cand_pos"][()]).long(),
-                             bool(e.attrs["indexed"]), json.loads(e.attrs["info"])))
-        return out
+        """The stored entries of size ``k`` (read once; callers must not modify them)."""
+        if k not in self._entries:
+            grp = self.h5[f"sizes/k{k}"]
+            out = []
+            for i in range(len(grp)):
+                e = grp[f"e{i}"]
+                out.append(Entry(str(e.attrs["family"]), torch.from_numpy(e["cand_pos"][()]).long(),
+                                 bool(e.attrs["indexed"]), json.loads(e.attrs["info"])))
+            self._entries[k] = out
+        return self._entries[k]
+
+    def source(self) -> PatchSource:
+        """The stored images as a float64 :class:`PatchSource` padded for the largest size, made once and
+        shared by everything reading windows through this file (the approximate engine, attribution)."""
+        if self._source is None:
+            self._source = PatchSource(self.images(), max(self.sizes) // 2, torch.float64)
+        return self._source
 
     def index(self, k: int, i: int, g: int):
         key = (k, i, g)

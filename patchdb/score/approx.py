@@ -21,7 +21,7 @@ import torch
 
 from .. import index as fx
 from ..errors import PatchdbError
-from ..indexfile import EXACT_FAMILIES, Entry, IndexFile, PatchSource
+from ..indexfile import EXACT_FAMILIES, Entry, IndexFile
 from ..patches import Group, geometry, unfold_windows
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size, parse_schedule
 from ..spec import Machine
@@ -83,12 +83,11 @@ class ApproxMachine:
         self.k_factor = int(k_factor)
         self.dtype, self.seed = dtype, seed
         self.labels = index.labels()
-        # Re-rank logits are computed in float64 whatever the dtype (see _denoise): keep the source in
+        # Re-rank logits are computed in float64 whatever the dtype (see _denoise): the file's source is
         # float64 so gathered windows need no conversion (twice the memory of the images in float32).
-        self.source = PatchSource(index.images(), max(index.sizes) // 2, torch.float64)
+        self.source = index.source()
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
-        self._entries: dict[int, list[Entry]] = {}
 
     # -- the denoiser contract -------------------------------------------------------------
 
@@ -147,9 +146,7 @@ class ApproxMachine:
 
     def _entries_for(self, k: int, groups: tuple[Group, ...]) -> list[tuple[int, Entry]]:
         """Stored entry of each geometry group, matched by candidate positions (so a bbELS file serves ELS)."""
-        if k not in self._entries:
-            self._entries[k] = self.file.entries(k)
-        stored = self._entries[k]
+        stored = self.file.entries(k)
         found = []
         for grp in groups:
             match = [(i, e) for i, e in enumerate(stored) if e.cand_pos.shape == grp.cand_pos.shape

@@ -503,17 +503,13 @@ def index_contributors(
     "Approximate mode"); the families the file does not index are scanned exactly. With
     ``distance=True`` the logits are ``-|x - phi|^2 / 2`` (for :func:`nearest_patches_index`).
     """
-    from ..indexfile import PatchSource
 
     check_mass(mass, m)
     machine = Machine.parse(machine)
     b, c, h, w = x.shape
     geom = geometry(machine, k, h, w)
     a, bb = (1.0, 1.0) if distance else alpha_sigma(t)
-    src = getattr(index, "_contrib_source", None)
-    if src is None or src.pad < k // 2:
-        src = PatchSource(index.images(), max(index.sizes) // 2, x.dtype)
-        index._contrib_source = src  # the float images are reused across steps
+    src = index.source()  # float64, shared with an approximate engine on the same file
     lo, hi = image_range or (0, src.n)
     queries = unfold_windows(x, k, geom.query_padding)  # (B, d, HW)
     out = _empty_result(b, c, h, w, m, x.dtype)
