@@ -6,7 +6,7 @@ import json
 
 import click
 
-from patchdb.indexfile import open_index
+from patchdb.indexfile import CACHE_ENV, open_index
 
 
 def _mib(n: int) -> str:
@@ -44,3 +44,6 @@ def command(file, as_json):
                 click.echo(f"{'':14}why: {plan['reason']}")
     click.echo(f"memory to load everything: {_mib(info['memory_to_load_bytes'])} (images {_mib(info['images_bytes'])}); "
                f"file {_mib(info['file_bytes'])}")
+    largest = max((sum(f["stored_bytes"] for f in fams) for fams in info["sizes"].values()), default=0)
+    click.echo(f"sampling keeps loaded sizes within {CACHE_ENV} (default half the available memory); "
+               f"the largest size needs {_mib(largest)}")
