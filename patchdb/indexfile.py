@@ -410,14 +410,14 @@ class IndexFile:
     """A complete index file opened for reading; sub-indexes are deserialized on first use.
 
     Loaded sub-indexes are kept per patch size, least recently used size first out, within
-    ``cache_bytes`` (default :func:`default_cache_bytes`): a sampler walking a schedule over a file
+    ``cache_bytes`` ("auto": :func:`default_cache_bytes`; None: no limit): a sampler walking a schedule over a file
     bigger than memory (N = 60,000, 8 sizes: 20 GB) holds the sizes it is using and reloads the others.
     The size being used is never unloaded, so one size larger than the budget still works.
     """
 
-    def __init__(self, path: str | os.PathLike, cache_bytes: int | None = -1):
+    def __init__(self, path: str | os.PathLike, cache_bytes: int | None | str = "auto"):
         self.path = Path(path)
-        self.cache_bytes = default_cache_bytes() if cache_bytes == -1 else cache_bytes
+        self.cache_bytes = default_cache_bytes() if cache_bytes == "auto" else cache_bytes  # None: no limit
         self.loads = 0  # sub-index deserializations (tests and logs)
         self.h5 = open_checked(self.path, INDEX_FORMAT, INDEX_VERSION)
         try:
