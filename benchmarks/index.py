@@ -15,7 +15,6 @@ sums over the schedule (the sampler adds nothing measurable), exact and approxim
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,16 @@ from patchdb.score import make_denoiser
 @click.group()
 def cli() -> None:
     """Index benchmarks (markdown tables on stdout)."""
+
+
+def _run_measured(cmd: list[str], cwd: Path):
+    """Run ``cmd``; (return code, stderr text, resource usage of that child alone)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read().decode(errors="replace"), usage
 
 
 @cli.command()
@@ -58,14 +67,13 @@ def build(dataset, root, limit, machine, scales, memory, keep):
                "--scales", str(k), "--memory", memory, "--out", str(out), "--force"]
         if limit:
             cmd += ["--limit", str(limit)]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=False)
+        returncode, stderr, usage = _run_measured(cmd, Path(__file__).resolve().parents[1])
         seconds = time.perf_counter() - start
-        if proc.returncode:
-            print(f"| {dataset} | {limit} | {k} | failed: {proc.stderr.strip().splitlines()[-1]} |")
+        if returncode:
+            print(f"| {dataset} | {limit} | {k} | failed: {stderr.strip().splitlines()[-1]} |")
             continue
-        peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        peak = usage.ru_maxrss / 1024  # this child's own peak (RUSAGE_CHILDREN would be the max so far)
         total_s += seconds
         with open_index(out) as f:
             info = f.info()
