@@ -160,3 +160,10 @@ def test_index_memory_budget_unloads_sizes_and_keeps_results(tmp_path, monkeypat
     monkeypatch.setenv("PATCHDB_INDEX_MEMORY", "lots")
     with pytest.raises(PatchdbError, match="PATCHDB_INDEX_MEMORY 'lots' is not a size"):
         IndexFile(path)
+
+
+def test_validate_median_of_even_count_is_the_mean_of_the_middle_two():
+    from patchdb.score.approx import _median
+
+    assert _median(torch.tensor([0.9, 0.99, 0.98, 0.5])) == pytest.approx(0.94)
+    assert _median(torch.tensor([3.0, 1.0, 2.0])) == 2.0

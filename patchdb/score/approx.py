@@ -317,6 +317,12 @@ def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torc
     return (q @ w.T).mul_(2 * a).sub_(sq).mul_(0.5 / (b * b))
 
 
+def _median(v: torch.Tensor) -> float:
+    """The median as statistics defines it (mean of the two middle values of an even count), as
+    ``patchdb compare`` reports it; ``torch.median`` returns the lower one."""
+    return float(torch.quantile(v.double().flatten(), 0.5))
+
+
 def _q(v: torch.Tensor, quantile: float) -> float:
     if v.numel() == 0:
         return 0.0
@@ -355,10 +361,10 @@ def validate_engines(exact, approx: ApproxMachine, seeds: list[int], shape: tupl
         r2 += [pearson_r2(a, e) for a, e in zip(runs["approx"].samples, runs["exact"].samples)]
     diff = torch.cat(diffs, 1)  # (S, seeds), step S first
     per_step = [{"step": steps - i, "t": (steps - i) / steps, "k": approx.size_at((steps - i) / steps),
-                 "max_abs_diff_median": float(diff[i].median()), "max_abs_diff_max": float(diff[i].max()),
-                 "bound_max_median": float(torch.stack(bounds)[:, i].median()),
-                 "tail_share_median": float(torch.stack(tails)[:, i].median())} for i in range(steps)]
+                 "max_abs_diff_median": _median(diff[i]), "max_abs_diff_max": float(diff[i].max()),
+                 "bound_max_median": _median(torch.stack(bounds)[:, i]),
+                 "tail_share_median": _median(torch.stack(tails)[:, i])} for i in range(steps)]
     r2_t = torch.tensor(r2)
-    return {"seeds": list(seeds), "r2": r2, "r2_median": float(r2_t.median()), "r2_min": float(r2_t.min()),
+    return {"seeds": list(seeds), "r2": r2, "r2_median": _median(r2_t), "r2_min": float(r2_t.min()),
             "steps": per_step, "seconds": seconds, "speedup": seconds["exact"] / max(seconds["approx"], 1e-9),
             "seconds_per_sample": {k: v / len(seeds) for k, v in seconds.items()}}
