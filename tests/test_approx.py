@@ -167,3 +167,15 @@ def test_validate_median_of_even_count_is_the_mean_of_the_middle_two():
 
     assert _median(torch.tensor([0.9, 0.99, 0.98, 0.5])) == pytest.approx(0.94)
     assert _median(torch.tensor([3.0, 1.0, 2.0])) == 2.0
+
+
+def test_prepare_loads_every_sub_index_of_the_size_once(tmp_path):
+    ds = random_dataset(12, 1, 10, 10, seed=7)
+    approx, _ = engines(tmp_path, ds, "bbels", (3, 5))
+    approx.prepare(5)
+    loaded = approx.file.loads
+    assert loaded > 1 and approx.file.loaded_sizes() == [5]
+    approx.denoise(torch.zeros(1, 1, 10, 10), 0.5, k=5)
+    assert approx.file.loads == loaded  # the call found everything loaded
+    with pytest.raises(PatchdbError, match="even|odd"):
+        approx.prepare(4)

@@ -124,6 +124,17 @@ class ApproxMachine:
         log.info(self.reports[-1].line())
         return out.to(device=x.device, dtype=x.dtype)
 
+    def prepare(self, k: int, label: int | None = None) -> None:
+        """Load the FAISS sub-indexes of size ``k`` now rather than in the first call that needs them
+        (a one-time deserialization: seconds for the ~2-3 GB of one size at N = 60,000)."""
+        check_patch_size(k)
+        self.file.check(self.machine, [k])
+        geom = geometry(self.machine, k, self.source.height, self.source.width)
+        for grp, (i, entry) in zip(geom.groups, self._entries_for(k, geom.groups)):
+            if entry.indexed and entry.family not in EXACT_FAMILIES:
+                for g in range(grp.query_pos.shape[0]):
+                    self.file.index(k, i, g)
+
     # -- internals -----------------------------------------------------------------------
 
     def _ranges(self, labels, batch: int) -> list[tuple[torch.Tensor, int, int]]:
