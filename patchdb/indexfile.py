@@ -479,6 +479,20 @@ class IndexFile:
             self._entries[k] = out
         return self._entries[k]
 
+    def entries_for_groups(self, k: int, groups, machine: Machine) -> list[tuple[int, Entry]]:
+        """(entry number, entry) of each geometry group of ``machine`` at size ``k``, matched by candidate
+        positions (so a bbELS file serves ELS); one line naming the fix when the file lacks a family."""
+        stored = self.entries(k)
+        found = []
+        for grp in groups:
+            match = [(i, e) for i, e in enumerate(stored) if e.cand_pos.shape == grp.cand_pos.shape
+                     and torch.equal(e.cand_pos, grp.cand_pos)]
+            if not match:
+                raise PatchdbError(f"{self.path} has no {grp.family} candidates for k={k}; it was built for "
+                                   f"machine {self.machine.value}, rebuild it for {Machine.parse(machine).value}")
+            found.append(match[0])
+        return found
+
     def source(self) -> PatchSource:
         """The stored images as a float64 :class:`PatchSource` padded for the largest size, made once and
         shared by everything reading windows through this file (the approximate engine, attribution)."""

@@ -22,7 +22,7 @@ import torch
 from .. import index as fx
 from ..errors import PatchdbError
 from ..indexfile import EXACT_FAMILIES, Entry, IndexFile
-from ..patches import Group, geometry, unfold_windows
+from ..patches import geometry, unfold_windows
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size, parse_schedule
 from ..spec import Machine
 from .softmax import SoftmaxAccumulator, with_ones
@@ -130,7 +130,7 @@ class ApproxMachine:
         check_patch_size(k)
         self.file.check(self.machine, [k])
         geom = geometry(self.machine, k, self.source.height, self.source.width)
-        for grp, (i, entry) in zip(geom.groups, self._entries_for(k, geom.groups)):
+        for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.indexed and entry.family not in EXACT_FAMILIES:
                 for g in range(grp.query_pos.shape[0]):
                     self.file.index(k, i, g)
@@ -155,26 +155,13 @@ class ApproxMachine:
             out.append(((labels == label).nonzero().view(-1), lo, hi))
         return out
 
-    def _entries_for(self, k: int, groups: tuple[Group, ...]) -> list[tuple[int, Entry]]:
-        """Stored entry of each geometry group, matched by candidate positions (so a bbELS file serves ELS)."""
-        stored = self.file.entries(k)
-        found = []
-        for grp in groups:
-            match = [(i, e) for i, e in enumerate(stored) if e.cand_pos.shape == grp.cand_pos.shape
-                     and torch.equal(e.cand_pos, grp.cand_pos)]
-            if not match:
-                raise PatchdbError(f"{self.file.path} has no {grp.family} candidates for k={k}; "
-                                   f"it was built for machine {self.file.machine.value}, rebuild it for {self.machine.value}")
-            found.append(match[0])
-        return found
-
     def _denoise(self, x: torch.Tensor, t: float, k: int, ranges) -> tuple[torch.Tensor, tuple[list, list]]:
         geom = geometry(self.machine, k, x.shape[-2], x.shape[-1])
         a, b = alpha_sigma(t)
         queries = unfold_windows(x, k, geom.query_padding)  # (B, d, HW)
         out = torch.empty(x.shape[0], x.shape[1], x.shape[-2] * x.shape[-1], dtype=x.dtype)
         bounds, tails = [], []
-        for grp, (i, entry) in zip(geom.groups, self._entries_for(k, geom.groups)):
+        for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.family in EXACT_FAMILIES or not entry.indexed:
                 for rows, lo, hi in ranges:
                     val = self._exact_same_position(x[rows], grp.query_pos.view(-1), k, a, b, lo, hi)  # (b, C, P)

@@ -449,19 +449,6 @@ def nearest_patches(
 # --------------------------------------------------------------------------------------------
 
 
-def _index_entries(index, machine: Machine, k: int, groups) -> list[int]:
-    """Stored entry number of each geometry group, matched by candidate positions."""
-    stored = index.entries(k)
-    found = []
-    for grp in groups:
-        match = [i for i, e in enumerate(stored)
-                 if e.cand_pos.shape == grp.cand_pos.shape and torch.equal(e.cand_pos, grp.cand_pos)]
-        if not match:
-            raise PatchdbError(f"{index.path} has no {grp.family} candidates for k={k}; rebuild it for {machine.value}")
-        found.append(match[0])
-    return found
-
-
 def _retrieve(index, src, k: int, entry_i: int, g: int, cand_pos: torch.Tensor, q: torch.Tensor,
               topk: int, lo: int, hi: int, a: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates of query rows ``q`` (R, d): image (R, P), flat position (R, P), valid (R, P).
@@ -513,7 +500,7 @@ def index_contributors(
     lo, hi = image_range or (0, src.n)
     queries = unfold_windows(x, k, geom.query_padding)  # (B, d, HW)
     out = _empty_result(b, c, h, w, m, x.dtype)
-    for grp, entry_i in zip(geom.groups, _index_entries(index, machine, k, geom.groups)):
+    for grp, (entry_i, _) in zip(geom.groups, index.entries_for_groups(k, geom.groups, machine)):
         for g in range(grp.query_pos.shape[0]):
             qpos = grp.query_pos[g]
             q = queries[:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1]).double()  # (B*mq, d)
