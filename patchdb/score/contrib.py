@@ -449,14 +449,13 @@ def nearest_patches(
 # --------------------------------------------------------------------------------------------
 
 
-def _retrieve(index, src, k: int, entry_i: int, g: int, cand_pos: torch.Tensor, q: torch.Tensor,
+def _retrieve(index, src, k: int, entry_i: int, entry, g: int, cand_pos: torch.Tensor, q: torch.Tensor,
               topk: int, lo: int, hi: int, a: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates of query rows ``q`` (R, d): image (R, P), flat position (R, P), valid (R, P).
 
     Indexed families: the FAISS top-``topk`` of ``q / a`` within images ``[lo, hi)``; the others
     (corners, LS fallback: one candidate per image) every image of the range.
     """
-    entry = index.entries(k)[entry_i]
     per_image = entry.per_image
     if not entry.indexed:
         img = torch.arange(lo, hi).view(1, -1).expand(q.shape[0], -1)
@@ -500,11 +499,11 @@ def index_contributors(
     lo, hi = image_range or (0, src.n)
     queries = unfold_windows(x, k, geom.query_padding)  # (B, d, HW)
     out = _empty_result(b, c, h, w, m, x.dtype)
-    for grp, (entry_i, _) in zip(geom.groups, index.entries_for_groups(k, geom.groups, machine)):
+    for grp, (entry_i, entry) in zip(geom.groups, index.entries_for_groups(k, geom.groups, machine)):
         for g in range(grp.query_pos.shape[0]):
             qpos = grp.query_pos[g]
             q = queries[:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1]).double()  # (B*mq, d)
-            img, pos, valid = _retrieve(index, src, k, entry_i, g, grp.cand_pos[g], q, topk, lo, hi, a)
+            img, pos, valid = _retrieve(index, src, k, entry_i, entry, g, grp.cand_pos[g], q, topk, lo, hi, a)
             # Logits and their normalisation in float64 whatever x.dtype, as the engine does: at t ~ 1 the
             # query x / a is ~80 in size and float32 logits moved D by up to 2e-3 against the engine's.
             win = src.windows(img, pos, k).double()  # (R, P, d)
