@@ -12,6 +12,7 @@ from patchdb.errors import PatchdbError
 from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
 from patchdb.score import ExactMachine, make_denoiser
 from patchdb.score.approx import ApproxMachine, validate_engines
+from patchdb.spec import Machine
 
 
 def random_dataset(n, c, h, w, seed, classes=2) -> Dataset:
@@ -123,15 +124,23 @@ def test_validate_engines_identical_when_exact(tmp_path):
 
 
 def test_box_sums_at_positions_match_a_clipped_window_sum():
-    # Corner / LS families read window dot products from integral images: check against plain sums.
-    from patchdb.score.approx import _box_at
+    # Corner / LS families read window dot products from integral images of the regions their boxes
+    # cover: check against plain sums, for corner blocks (regions per quadrant) and all positions (one region).
+    from patchdb.patches import geometry
+    from patchdb.score.approx import box_regions, box_sums
 
     v = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    pos = torch.tensor([0, 8, 30, 62, 54, 33])
-    for r in (0, 1, 3, 6):
-        want = torch.stack([v[..., max(0, p // 9 - r) : p // 9 + r + 1, max(0, p % 9 - r) : p % 9 + r + 1].sum((-1, -2))
-                            for p in pos.tolist()], dim=-1)
-        assert torch.allclose(_box_at(v, r, pos), want, atol=1e-12, rtol=0)
+    h, w = 7, 9
+    sets = [torch.tensor([0, 8, 30, 62, 54, 33]), torch.arange(h * w)]
+    for k in (3, 5, 7):
+        corner = [g for g in geometry(Machine.BBELS, k, h, w).groups if g.family in ("corner", "ls")]
+        sets.append(corner[0].query_pos.view(-1))
+    for pos in sets:
+        for r in (0, 1, 2, 3, 6):
+            want = torch.stack([v[..., max(0, p // w - r) : p // w + r + 1, max(0, p % w - r) : p % w + r + 1].sum((-1, -2))
+                                for p in pos.tolist()], dim=-1)
+            got = box_sums(lambda rs, cs: v[..., rs, cs], box_regions(pos, r, h, w), len(pos))
+            assert torch.allclose(got, want, atol=1e-12, rtol=0), (pos.tolist(), r)
 
 
 def test_index_memory_budget_unloads_sizes_and_keeps_results(tmp_path, monkeypatch):

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TOPK = 64
 #: Rows x candidates x features per re-rank block (bounds memory, ~4 bytes each, x3 for indices).
 RERANK_ELEMENTS = 8_000_000
+#: Largest x-independent corner / LS terms kept between calls (see ApproxMachine._same_position_terms).
+SAME_POSITION_CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -88,6 +90,7 @@ class ApproxMachine:
         self.source = index.source()
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
+        self._same_pos_cache = None  # (key, (norms, centres)) of _same_position_terms
 
     # -- the denoiser contract -------------------------------------------------------------
 
@@ -186,22 +189,52 @@ class ApproxMachine:
         """LS-like families (corners, LS fallback): every image ``lo..hi`` at the query's own position.
 
         Window dot products are box sums of ``x * phi`` (zero padding = a box clipped to the image), read
-        from integral images at the asked-for positions only, so the cost is O(B N H W) whatever k.
+        from integral images of only the pixels the boxes cover (four corner regions of side ``2r`` for
+        bbELS corners, the whole image for the LS fallback), so the cost is O(B N * covered pixels).
+        The x-independent terms (``|phi|^2`` per box, centres) are computed once per size.
         Returns (b, C, P) for the flat positions ``pos`` (P,).
         """
         src, r = self.source, k // 2
         xs = x.double()
+        regions = box_regions(pos, r, src.height, src.width)
         acc = SoftmaxAccumulator((len(pos), x.shape[0]), src.channels, torch.float64, x.device)
         step = max(1, RERANK_ELEMENTS // max(1, x.shape[0] * x[0].numel()))
-        inner = (slice(None), slice(None), slice(src.pad, src.pad + src.height), slice(src.pad, src.pad + src.width))
+        terms = self._same_position_terms(pos, k, regions, step)
         for start in range(lo, hi, step):
-            phi = src.padded[start : min(hi, start + step)][inner].double()  # (n, C, H, W)
-            dots = _box_at(torch.einsum("bchw,nchw->bnhw", xs, phi), r, pos)  # (b, n, P)
-            norms = _box_at(phi.square().sum(1), r, pos)  # (n, P)
-            logits = (dots.mul_(2 * a).sub_((a * a) * norms)).mul_(0.5 / (b * b)).permute(2, 0, 1)  # (P, b, n)
-            centres = phi.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, n, C)
-            acc.add(logits.contiguous(), with_ones(centres))
+            stop = min(hi, start + step)
+            phi = self._phi(start, stop)  # (n, C, H, W) float64
+            norms, centres = terms(start, stop)
+            dots = box_sums(lambda rs, cs: torch.einsum("bchw,nchw->bnhw", xs[:, :, rs, cs], phi[:, :, rs, cs]),
+                            regions, len(pos))  # (b, n, P)
+            logits = (dots.mul_(2 * a).sub_((a * a) * norms)).mul_(0.5 / (b * b))
+            acc.add(logits.permute(2, 0, 1).contiguous(), with_ones(centres))
         return acc.result().permute(1, 2, 0)  # (b, C, P)
+
+    def _phi(self, start: int, stop: int) -> torch.Tensor:
+        src = self.source
+        return src.padded[start:stop, :, src.pad : src.pad + src.height, src.pad : src.pad + src.width]
+
+    def _same_position_terms(self, pos, k, regions, step):
+        """``terms(start, stop)`` -> ``|phi_n|^2`` over each position's clipped box (n, P) and the centres
+        (P, n, C) of images start..stop.
+
+        They do not depend on x: kept, for all images, for the last size asked for (consecutive schedule
+        steps share a size) when they take at most ``SAME_POSITION_CACHE_BYTES``; else computed per chunk."""
+
+        def compute(start, stop):
+            phi = self._phi(start, stop)
+            return (box_sums(lambda rs, cs: phi[:, :, rs, cs].square().sum(1), regions, len(pos)),
+                    phi.flatten(2)[:, :, pos].permute(2, 0, 1))
+
+        n = self.n_images
+        if n * len(pos) * (1 + self.source.channels) * 8 > SAME_POSITION_CACHE_BYTES:
+            return compute
+        key = (k, tuple(pos.tolist()))  # all images, so that the class ranges of one batch share it
+        if self._same_pos_cache is None or self._same_pos_cache[0] != key:
+            parts = [compute(s, min(n, s + step)) for s in range(0, n, step)]
+            self._same_pos_cache = (key, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1))
+        _, norms, centres = self._same_pos_cache
+        return lambda start, stop: (norms[start:stop], centres[:, start:stop])
 
     def _approx(self, q: torch.Tensor, key: tuple[int, int, int], entry: Entry, cand_pos: torch.Tensor,
                 a: float, b: float, lo: int, hi: int):
@@ -297,16 +330,48 @@ def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) ->
     return windows.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
 
 
-def _box_at(values: torch.Tensor, r: int, pos: torch.Tensor) -> torch.Tensor:
-    """Sums of ``values`` (..., H, W) over the ``(2r+1) x (2r+1)`` boxes centred at flat ``pos`` (P,),
-    clipped to the image (zero padding): (..., P). Four reads of an integral image per box."""
-    h, w = values.shape[-2:]
-    integral = torch.nn.functional.pad(values.cumsum(-2).cumsum(-1), (1, 0, 1, 0)).flatten(-2)  # (..., (H+1)(W+1))
+def box_regions(pos: torch.Tensor, r: int, h: int, w: int) -> list[tuple[torch.Tensor, tuple[slice, slice], tuple]]:
+    """Split flat positions ``pos`` (P,) by image quadrant into regions covering their ``(2r+1)^2`` boxes
+    clipped to the image: ``(indices into pos, (row slice, col slice), box bounds relative to the region)``.
+    One region (the whole image) when the quadrants' regions would cover more than the image."""
     y, x = pos // w, pos % w
     y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=h)
     x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=w)
-    corner = [integral[..., yy * (w + 1) + xx] for yy, xx in ((y1, x1), (y0, x1), (y1, x0), (y0, x0))]
-    return corner[0] - corner[1] - corner[2] + corner[3]
+    quadrant = (2 * y >= h).long() * 2 + (2 * x >= w).long()
+    parts = [(quadrant == q).nonzero().view(-1) for q in torch.unique(quadrant).tolist()]
+    bounds = [(int(y0[i].min()), int(y1[i].max()), int(x0[i].min()), int(x1[i].max())) for i in parts]
+    if sum((b1 - b0) * (c1 - c0) for b0, b1, c0, c1 in bounds) > h * w:
+        parts, bounds = [torch.arange(len(pos))], [(0, h, 0, w)]
+    out = []
+    for i, (ry0, ry1, rx0, rx1) in zip(parts, bounds):
+        box = (y0[i] - ry0, y1[i] - ry0, x0[i] - rx0, x1[i] - rx0, rx1 - rx0)
+        out.append((i, (slice(ry0, ry1), slice(rx0, rx1)), box))
+    return out
+
+
+def box_sums(values_in, regions, npos: int) -> torch.Tensor:
+    """Box sums at every position of :func:`box_regions`: ``values_in(row slice, col slice)`` gives the
+    (..., h_r, w_r) values of one region; four reads of its integral image per box. Returns (..., P)."""
+    out = None
+    for idx, (rows, cols), (y0, y1, x0, x1, wr) in regions:
+        integral = values_in(rows, cols).cumsum(-2).cumsum_(-1).flatten(-2)  # (..., h_r * w_r)
+        if out is None:
+            out = integral.new_zeros(*integral.shape[:-1], npos)
+
+        def at(yy, xx):  # integral over [0, yy) x [0, xx); zero when either is 0 (None: zero for all boxes)
+            inside = (yy > 0) & (xx > 0)
+            if not bool(inside.any()):
+                return None
+            got = integral[..., ((yy - 1).clamp(min=0) * wr + (xx - 1).clamp(min=0))]
+            return got if bool(inside.all()) else got.mul_(inside.to(integral.dtype))
+
+        # Boxes of a corner block start at the image's edges: most of the four reads are zero, skipped.
+        total = at(y1, x1)
+        for sign, term in ((-1, at(y0, x1)), (-1, at(y1, x0)), (1, at(y0, x0))):
+            if term is not None:
+                total = total.add_(term, alpha=sign)
+        out[..., idx] = total
+    return out
 
 
 def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
