@@ -166,15 +166,15 @@ def test_batch_rows_are_independent():
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(k=4), "odd"),
-    (dict(k=0), "odd"),
-    (dict(machine="foo"), "unknown machine"),
-    (dict(t=0.0), "outside"),
-    (dict(label=7), "out of range"),
+    ({"k": 4}, "odd"),
+    ({"k": 0}, "odd"),
+    ({"machine": "foo"}, "unknown machine"),
+    ({"t": 0.0}, "outside"),
+    ({"label": 7}, "out of range"),
 ])
 def test_bad_input_one_line_errors(bad, match):
     x, images, labels = random_case(1)
-    args = dict(x=x, t=0.5, k=3, images=images, machine="els", labels=labels, label=None)
+    args = {"x": x, "t": 0.5, "k": 3, "images": images, "machine": "els", "labels": labels, "label": None}
     args.update(bad)
     with pytest.raises(PatchdbError, match=match) as err:
         patchdb.denoise(**args)

@@ -204,7 +204,7 @@ class ApproxMachine:
             stop = min(hi, start + step)
             phi = self._phi(start, stop)  # (n, C, H, W) float64
             norms, centres = terms(start, stop)
-            dots = box_sums(lambda rs, cs: torch.einsum("bchw,nchw->bnhw", xs[:, :, rs, cs], phi[:, :, rs, cs]),
+            dots = box_sums(lambda rs, cs, phi=phi: torch.einsum("bchw,nchw->bnhw", xs[:, :, rs, cs], phi[:, :, rs, cs]),
                             regions, len(pos))  # (b, n, P)
             logits = (dots.mul_(2 * a).sub_((a * a) * norms)).mul_(0.5 / (b * b))
             acc.add(logits.permute(2, 0, 1).contiguous(), with_ones(centres))
@@ -358,20 +358,24 @@ def box_sums(values_in, regions, npos: int) -> torch.Tensor:
         if out is None:
             out = integral.new_zeros(*integral.shape[:-1], npos)
 
-        def at(yy, xx):  # integral over [0, yy) x [0, xx); zero when either is 0 (None: zero for all boxes)
-            inside = (yy > 0) & (xx > 0)
-            if not bool(inside.any()):
-                return None
-            got = integral[..., ((yy - 1).clamp(min=0) * wr + (xx - 1).clamp(min=0))]
-            return got if bool(inside.all()) else got.mul_(inside.to(integral.dtype))
-
         # Boxes of a corner block start at the image's edges: most of the four reads are zero, skipped.
-        total = at(y1, x1)
-        for sign, term in ((-1, at(y0, x1)), (-1, at(y1, x0)), (1, at(y0, x0))):
+        total = _integral_at(integral, wr, y1, x1)
+        for sign, (yy, xx) in ((-1, (y0, x1)), (-1, (y1, x0)), (1, (y0, x0))):
+            term = _integral_at(integral, wr, yy, xx)
             if term is not None:
                 total = total.add_(term, alpha=sign)
         out[..., idx] = total
     return out
+
+
+def _integral_at(integral: torch.Tensor, wr: int, yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor | None:
+    """Sums over ``[0, yy) x [0, xx)`` from a flat integral image (..., h_r * w_r); zero where either
+    bound is 0, None when that holds for every box."""
+    inside = (yy > 0) & (xx > 0)
+    if not bool(inside.any()):
+        return None
+    got = integral[..., (yy - 1).clamp(min=0) * wr + (xx - 1).clamp(min=0)]
+    return got if bool(inside.all()) else got.mul_(inside.to(integral.dtype))
 
 
 def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
