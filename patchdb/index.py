@@ -292,6 +292,17 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
         ivf.nprobe = int(nprobe)
 
 
+def remove_ids(index: faiss.Index, mask: np.ndarray) -> int:
+    """Drop the vectors whose id ``v`` has ``mask[v]`` (bool, one per possible id) from an IVF index, in
+    place; ids of the others are unchanged (IVF lists store them). Returns how many were removed.
+    Not for Flat indexes, whose ids are positions and would shift."""
+    if _ivf(index) is None:
+        raise ValueError("remove_ids needs an IVF index")
+    bitmap = np.packbits(np.ascontiguousarray(mask, dtype=bool), bitorder="little")
+    sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+    return int(index.remove_ids(sel))
+
+
 def serialize(index: faiss.Index) -> np.ndarray:
     """The index as a uint8 array (``faiss.serialize_index``), ready for an HDF5 dataset."""
     return faiss.serialize_index(index)

@@ -128,3 +128,56 @@ def unfold_windows(images: torch.Tensor, k: int, padding: str = "zeros") -> torc
         mode = "circular" if padding == "circular" else "constant"
         images = F.pad(images, (r, r, r, r), mode=mode)
     return F.unfold(images, kernel_size=k)
+
+
+# --------------------------------------------------------------------------------------------
+# Box sums at positions (windows clipped to the image = zero padding), from integral images
+# --------------------------------------------------------------------------------------------
+
+
+def box_regions(pos: torch.Tensor, r: int, h: int, w: int) -> list[tuple[torch.Tensor, tuple[slice, slice], tuple]]:
+    """Split flat positions ``pos`` (P,) by image quadrant into regions covering their ``(2r+1)^2`` boxes
+    clipped to the image: ``(indices into pos, (row slice, col slice), box bounds relative to the region)``.
+    One region (the whole image) when the quadrants' regions would cover more than the image."""
+    y, x = pos // w, pos % w
+    y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=h)
+    x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=w)
+    quadrant = (2 * y >= h).long() * 2 + (2 * x >= w).long()
+    parts = [(quadrant == q).nonzero().view(-1) for q in torch.unique(quadrant).tolist()]
+    bounds = [(int(y0[i].min()), int(y1[i].max()), int(x0[i].min()), int(x1[i].max())) for i in parts]
+    if sum((b1 - b0) * (c1 - c0) for b0, b1, c0, c1 in bounds) > h * w:
+        parts, bounds = [torch.arange(len(pos))], [(0, h, 0, w)]
+    out = []
+    for i, (ry0, ry1, rx0, rx1) in zip(parts, bounds):
+        box = (y0[i] - ry0, y1[i] - ry0, x0[i] - rx0, x1[i] - rx0, rx1 - rx0)
+        out.append((i, (slice(ry0, ry1), slice(rx0, rx1)), box))
+    return out
+
+
+def box_sums(values_in, regions, npos: int) -> torch.Tensor:
+    """Box sums at every position of :func:`box_regions`: ``values_in(row slice, col slice)`` gives the
+    (..., h_r, w_r) values of one region; four reads of its integral image per box. Returns (..., P)."""
+    out = None
+    for idx, (rows, cols), (y0, y1, x0, x1, wr) in regions:
+        integral = values_in(rows, cols).cumsum(-2).cumsum_(-1).flatten(-2)  # (..., h_r * w_r)
+        if out is None:
+            out = integral.new_zeros(*integral.shape[:-1], npos)
+
+        # Boxes of a corner block start at the image's edges: most of the four reads are zero, skipped.
+        total = _integral_at(integral, wr, y1, x1)
+        for sign, (yy, xx) in ((-1, (y0, x1)), (-1, (y1, x0)), (1, (y0, x0))):
+            term = _integral_at(integral, wr, yy, xx)
+            if term is not None:
+                total = total.add_(term, alpha=sign)
+        out[..., idx] = total
+    return out
+
+
+def _integral_at(integral: torch.Tensor, wr: int, yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor | None:
+    """Sums over ``[0, yy) x [0, xx)`` from a flat integral image (..., h_r * w_r); zero where either
+    bound is 0, None when that holds for every box."""
+    inside = (yy > 0) & (xx > 0)
+    if not bool(inside.any()):
+        return None
+    got = integral[..., (yy - 1).clamp(min=0) * wr + (xx - 1).clamp(min=0)]
+    return got if bool(inside.all()) else got.mul_(inside.to(integral.dtype))

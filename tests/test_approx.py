@@ -126,8 +126,7 @@ def test_validate_engines_identical_when_exact(tmp_path):
 def test_box_sums_at_positions_match_a_clipped_window_sum():
     # Corner / LS families read window dot products from integral images of the regions their boxes
     # cover: check against plain sums, for corner blocks (regions per quadrant) and all positions (one region).
-    from patchdb.patches import geometry
-    from patchdb.score.approx import box_regions, box_sums
+    from patchdb.patches import box_regions, box_sums, geometry
 
     v = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     h, w = 7, 9
@@ -188,3 +187,78 @@ def test_prepare_loads_every_sub_index_of_the_size_once(tmp_path):
     assert approx.file.loads == loaded  # the call found everything loaded
     with pytest.raises(PatchdbError, match="even|odd"):
         approx.prepare(4)
+
+
+def black_background_dataset(n: int, seed: int) -> Dataset:
+    """Strokes on black: most small windows are all zero (uint8), as on MNIST / Fashion-MNIST."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 10, 10, dtype=torch.uint8)
+    for i in range(n):
+        y, x = torch.randint(0, 7, (2,), generator=g).tolist()
+        images[i, 0, y : y + 4, x : x + 3] = torch.randint(1, 256, (4, 3), generator=g, dtype=torch.uint8)
+    labels = (torch.arange(n) * 2 // n).long()
+    return Dataset(images, labels, ("0", "1"), f"b{seed}", {"policy": "none"})
+
+
+def test_blank_windows_are_taken_out_of_ivf_and_counted_exactly(tmp_path):
+    """On black-background data the file takes all-zero windows out of its IVF lists when loading and the
+    engine counts them as one candidate of multiplicity M: with every list probed and K covering the
+    rest, approx == exact (float64), and the counts match a brute-force scan of the images."""
+    from patchdb.patches import geometry, windows_at
+
+    ds = black_background_dataset(40, seed=3)
+    path = tmp_path / "blank.h5"
+    build_index_file(ds, path, BuildConfig("bbels", (3, 5), index_key="IVF4,Flat"), progress=False)
+    f = IndexFile(path)
+    taken = 0
+    for k in (3, 5):
+        for i, entry in enumerate(f.entries(k)):
+            if not entry.indexed:
+                continue
+            for g in range(entry.cand_pos.shape[0]):
+                pos = entry.cand_pos[g]
+                wins = windows_at(ds.images.double(), k, pos)  # brute force: (N, L, C*k*k) zero-padded
+                zero = (wins == 0).all(-1).reshape(-1)
+                blanks = f.blanks(k, i, g)
+                assert blanks is not None and blanks.count(0, 40) == int(zero.sum())
+                assert torch.equal(blanks.mask, zero)
+                assert f.index(k, i, g).ntotal == zero.numel() - int(zero.sum())
+                taken += int(zero.sum())
+    assert taken > 1000  # the data is mostly background
+    approx = make_denoiser("bbels", None, index=f, topk=10_000, nprobe=4, dtype=torch.float64)
+    exact = ExactMachine(ds.to_float(torch.float64), "bbels", labels=ds.labels)
+    x = torch.randn(3, 1, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 0.3 - 0.6
+    for k, t in [(3, 0.05), (3, 0.5), (5, 0.3), (5, 1.0)]:
+        for lab in (None, torch.tensor([0, 1, 1])):
+            got, want = approx.denoise(x, t, k=k, labels=lab), exact.denoise(x, t, k=k, labels=lab)
+            assert (got - want).abs().max() < 1e-10
+            assert approx.reports[-1].bound_max == 0.0
+    # The tail sample never counts a blank twice: with K covering everything the tail adds nothing.
+    tailed = make_denoiser("bbels", None, index=f, topk=10_000, nprobe=4, dtype=torch.float64, tail_samples=256)
+    assert (tailed.denoise(x, 0.7, k=3) - exact.denoise(x, 0.7, k=3)).abs().max() < 1e-10
+
+
+def test_attribution_through_an_index_credits_blank_windows_as_the_engine_weighs_them(tmp_path):
+    from patchdb.schedule import alpha_sigma
+    from patchdb.score.contrib import index_contributors
+
+    ds = black_background_dataset(40, seed=5)
+    path = tmp_path / "blank.h5"
+    build_index_file(ds, path, BuildConfig("bbels", (3,), index_key="IVF4,Flat"), progress=False)
+    f = IndexFile(path)
+    engine = make_denoiser("bbels", "constant:3", index=f, topk=8)
+    g = torch.Generator().manual_seed(6)
+    for t in (0.1, 0.5, 1.0):
+        a, b = alpha_sigma(t)
+        x = (a * ds.to_float()[:3] + b * torch.randn(3, 1, 10, 10, generator=g)).float()
+        res = index_contributors(x, f, t, 3, "bbels", m=4, topk=8)
+        assert (res.denoised - engine(x, t)).abs().max() < 1e-5
+    # At low noise a background pixel's top contributors are blank windows of real images.
+    a, b = alpha_sigma(0.05)
+    x = torch.full((1, 1, 10, 10), -a)
+    res = index_contributors(x, f, 0.05, 3, "bbels", m=4, topk=8)
+    ids = res.ids[0, 5 * 10 + 5]
+    img, pos = ids // 100, ids % 100
+    assert bool((ids >= 0).all())
+    assert all(bool((ds.images[n, 0, p // 10 - 1 : p // 10 + 2, p % 10 - 1 : p % 10 + 2] == 0).all())
+               for n, p in zip(img.tolist(), pos.tolist()))

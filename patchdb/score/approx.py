@@ -22,7 +22,7 @@ import torch
 from .. import index as fx
 from ..errors import PatchdbError
 from ..indexfile import EXACT_FAMILIES, Entry, IndexFile
-from ..patches import geometry, unfold_windows
+from ..patches import box_regions, box_sums, geometry, unfold_windows
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size, parse_schedule
 from ..spec import Machine
 from .softmax import SoftmaxAccumulator, with_ones
@@ -247,42 +247,62 @@ class ApproxMachine:
         want = min(self.topk * factor, id_hi - id_lo)  # never ask for more than exist
         ids = search_ids(index, q / a, want, self.nprobe, self.ef, None if whole else (id_lo, id_hi))
         n_total = id_hi - id_lo
+        blank = self._blank(key, lo, hi, cand_pos, per_image)
         sample = self._tail_sample(key, id_lo, id_hi) if self.tail else None
         vals, bounds, tails = [], [], []
         step = max(1, RERANK_ELEMENTS // max(1, ids.shape[1] * q.shape[1]))
         for s in range(0, q.shape[0], step):
-            v, bd, tl = self._rerank(q[s : s + step], ids[s : s + step], cand_pos, per_image, key[0], a, b, n_total, sample)
+            v, bd, tl = self._rerank(q[s : s + step], ids[s : s + step], cand_pos, per_image, key[0], a, b, n_total,
+                                     sample, blank)
             vals.append(v)
             bounds.append(bd)
             tails.append(tl)
         return torch.cat(vals), torch.cat(bounds), (torch.cat(tails) if sample is not None else None)
 
-    def _rerank(self, q, ids, cand_pos, per_image, k, a, b, n_total, sample):
+    def _blank(self, key, lo: int, hi: int, cand_pos: torch.Tensor, per_image: int):
+        """The blank windows of images ``[lo, hi)`` that loading took out of sub-index ``key``, as one
+        candidate: (window (d,), centre (C,), count, id mask); None when there are none."""
+        blanks = self.file.blanks(*key)
+        count = 0 if blanks is None else blanks.count(lo, hi)
+        if not count:
+            return None
+        img, pos = torch.tensor([blanks.first // per_image]), cand_pos[[blanks.first % per_image]]
+        return self.source.windows(img, pos, key[0])[0], self.source.centres(img, pos)[0], count, blanks.mask
+
+    def _rerank(self, q, ids, cand_pos, per_image, k, a, b, n_total, sample, blank):
         valid = ids >= 0
         safe = ids.clamp(min=0)
         img, pos = safe // per_image, cand_pos[safe % per_image]
         logits = window_logits(q, self.source.windows(img, pos, k), a, b).masked_fill_(~valid, -math.inf)
         acc = SoftmaxAccumulator((q.shape[0], 1), self.source.channels, q.dtype, q.device)
         acc.add(logits.clone().unsqueeze(1), with_ones(self.source.centres(img, pos).double()))
+        exact = valid.sum(1)  # candidates whose weight is computed exactly: retrieved ...
+        if blank is not None:  # ... and the blank windows: one identical vector, `count` times
+            window, centre, count, _ = blank
+            log_w = window_logits(q, window.double().expand(q.shape[0], 1, -1).clone(), a, b) + math.log(count)
+            acc.add(log_w.unsqueeze(1), with_ones(centre.double()).expand(q.shape[0], 1, -1))
+            exact = exact + count
         log_z = acc.log_normaliser()[:, 0]
         # Every candidate outside the true top-K weighs at most the K-th weight; if the search found the
         # true top-K (recall 1, e.g. Flat), each ignored candidate is outside it.
         kept = valid.sum(1)
         ranked = logits.sort(1, descending=True).values
         kth = ranked.gather(1, (kept.clamp(min=1, max=self.topk) - 1).view(-1, 1))[:, 0]
-        log_bound = torch.log((n_total - kept).clamp(min=0).to(q.dtype)) + kth - log_z
+        log_bound = torch.log((n_total - exact).clamp(min=0).to(q.dtype)) + kth - log_z
         bound = torch.sigmoid(log_bound)  # B / (1 + B) with B = exp(log_bound)
         tail = None
         if sample is not None:
-            tail = self._add_tail(acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z)
+            tail = self._add_tail(acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z,
+                                  None if blank is None else blank[3])
         return acc.result()[:, 0], bound, tail
 
     def _tail_sample(self, key, id_lo: int, id_hi: int):
         gen = torch.Generator().manual_seed(hash((self.seed, *key, id_lo)) % 2**31)
         return torch.randint(id_lo, id_hi, (self.tail,), generator=gen)
 
-    def _add_tail(self, acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z) -> torch.Tensor:
-        """Fold in the uniform sample, weighted n_total / m, minus retrieved ids; returns the tail share."""
+    def _add_tail(self, acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z, blank_mask) -> torch.Tensor:
+        """Fold in the uniform sample, weighted n_total / m, minus retrieved and blank ids (both already
+        counted exactly); returns the tail share."""
         img, pos = sample // len(cand_pos), cand_pos[sample % len(cand_pos)]
         w = self.source.windows(img, pos, k).double()  # (m, d)
         logits = _shared_logits(q, w, a, b)
@@ -291,6 +311,8 @@ class ApproxMachine:
         srt = ids.sort(1).values
         where = torch.searchsorted(srt, sample.view(1, -1).expand(len(srt), -1).contiguous()).clamp(max=srt.shape[1] - 1)
         hit = srt.gather(1, where) == sample.view(1, -1)
+        if blank_mask is not None:
+            hit |= blank_mask[sample].view(1, -1)
         logits.masked_fill_(hit, -math.inf).add_(math.log(n_total / len(sample)))
         log_tail = torch.logsumexp(logits, dim=1)
         values = with_ones(self.source.centres(img, pos).double()).unsqueeze(0).expand(q.shape[0], -1, -1)
@@ -328,54 +350,6 @@ def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) ->
     in float64 whatever the inputs: written as a difference (no cancellation of large terms), so at
     t = 0.05, where logits reach ~1e3, D stays ~1e-6 exact. Overwrites a float64 ``windows``."""
     return windows.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
-
-
-def box_regions(pos: torch.Tensor, r: int, h: int, w: int) -> list[tuple[torch.Tensor, tuple[slice, slice], tuple]]:
-    """Split flat positions ``pos`` (P,) by image quadrant into regions covering their ``(2r+1)^2`` boxes
-    clipped to the image: ``(indices into pos, (row slice, col slice), box bounds relative to the region)``.
-    One region (the whole image) when the quadrants' regions would cover more than the image."""
-    y, x = pos // w, pos % w
-    y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=h)
-    x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=w)
-    quadrant = (2 * y >= h).long() * 2 + (2 * x >= w).long()
-    parts = [(quadrant == q).nonzero().view(-1) for q in torch.unique(quadrant).tolist()]
-    bounds = [(int(y0[i].min()), int(y1[i].max()), int(x0[i].min()), int(x1[i].max())) for i in parts]
-    if sum((b1 - b0) * (c1 - c0) for b0, b1, c0, c1 in bounds) > h * w:
-        parts, bounds = [torch.arange(len(pos))], [(0, h, 0, w)]
-    out = []
-    for i, (ry0, ry1, rx0, rx1) in zip(parts, bounds):
-        box = (y0[i] - ry0, y1[i] - ry0, x0[i] - rx0, x1[i] - rx0, rx1 - rx0)
-        out.append((i, (slice(ry0, ry1), slice(rx0, rx1)), box))
-    return out
-
-
-def box_sums(values_in, regions, npos: int) -> torch.Tensor:
-    """Box sums at every position of :func:`box_regions`: ``values_in(row slice, col slice)`` gives the
-    (..., h_r, w_r) values of one region; four reads of its integral image per box. Returns (..., P)."""
-    out = None
-    for idx, (rows, cols), (y0, y1, x0, x1, wr) in regions:
-        integral = values_in(rows, cols).cumsum(-2).cumsum_(-1).flatten(-2)  # (..., h_r * w_r)
-        if out is None:
-            out = integral.new_zeros(*integral.shape[:-1], npos)
-
-        # Boxes of a corner block start at the image's edges: most of the four reads are zero, skipped.
-        total = _integral_at(integral, wr, y1, x1)
-        for sign, (yy, xx) in ((-1, (y0, x1)), (-1, (y1, x0)), (1, (y0, x0))):
-            term = _integral_at(integral, wr, yy, xx)
-            if term is not None:
-                total = total.add_(term, alpha=sign)
-        out[..., idx] = total
-    return out
-
-
-def _integral_at(integral: torch.Tensor, wr: int, yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor | None:
-    """Sums over ``[0, yy) x [0, xx)`` from a flat integral image (..., h_r * w_r); zero where either
-    bound is 0, None when that holds for every box."""
-    inside = (yy > 0) & (xx > 0)
-    if not bool(inside.any()):
-        return None
-    got = integral[..., (yy - 1).clamp(min=0) * wr + (xx - 1).clamp(min=0)]
-    return got if bool(inside.all()) else got.mul_(inside.to(integral.dtype))
 
 
 def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ pixel ``p`` then takes ``phi^n_p``, so its id is ``n * H * W + p``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -450,25 +451,36 @@ def nearest_patches(
 
 
 def _retrieve(index, src, k: int, entry_i: int, entry, g: int, cand_pos: torch.Tensor, q: torch.Tensor,
-              topk: int, lo: int, hi: int, a: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Candidates of query rows ``q`` (R, d): image (R, P), flat position (R, P), valid (R, P).
+              topk: int, lo: int, hi: int, a: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates of query rows ``q`` (R, d): image (R, P), flat position (R, P), valid (R, P), and the
+    log of how many identical windows each stands for (P,).
 
     Indexed families: the FAISS top-``topk`` of ``q / a`` within images ``[lo, hi)``; the others
-    (corners, LS fallback: one candidate per image) every image of the range.
+    (corners, LS fallback: one candidate per image) every image of the range. Blank windows, which
+    the file takes out of its IVF lists (:class:`patchdb.indexfile.Blanks`) and the engine counts as
+    one candidate of multiplicity M, appear as ``min(M, topk)`` of them spread over the range, each
+    standing for ``M / min(M, topk)``: the same weights and D as the engine, credited to real windows.
     """
     per_image = entry.per_image
     if not entry.indexed:
         img = torch.arange(lo, hi).view(1, -1).expand(q.shape[0], -1)
         pos = cand_pos[0].expand_as(img)
-        return img, pos, torch.ones_like(img, dtype=torch.bool)
+        return img, pos, torch.ones_like(img, dtype=torch.bool), torch.zeros(img.shape[1], dtype=torch.float64)
     whole = lo == 0 and hi == src.n
     id_range = None if whole else (lo * per_image, hi * per_image)
     # As the approximate engine retrieves: K times the stored k_factor, capped by what exists.
     want = min(topk * int(entry.info.get("k_factor", 1)), (hi - lo) * per_image)
     ids = search_ids(index.index(k, entry_i, g), q / a, want, 0, 0, id_range)
+    mult = torch.zeros(ids.shape[1], dtype=torch.float64)
+    blanks = index.blanks(k, entry_i, g)
+    count = 0 if blanks is None else blanks.count(lo, hi)
+    if count:
+        reps = blanks.ids(lo, hi, per_image, min(count, topk))
+        ids = torch.cat([ids, reps.view(1, -1).expand(ids.shape[0], -1)], dim=1)
+        mult = torch.cat([mult, torch.full((len(reps),), math.log(count / len(reps)), dtype=torch.float64)])
     valid = ids >= 0
     safe = ids.clamp(min=0)
-    return safe // per_image, cand_pos[safe % per_image], valid
+    return safe // per_image, cand_pos[safe % per_image], valid, mult
 
 
 def index_contributors(
@@ -503,14 +515,14 @@ def index_contributors(
         for g in range(grp.query_pos.shape[0]):
             qpos = grp.query_pos[g]
             q = queries[:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1]).double()  # (B*mq, d)
-            img, pos, valid = _retrieve(index, src, k, entry_i, entry, g, grp.cand_pos[g], q, topk, lo, hi, a)
+            img, pos, valid, mult = _retrieve(index, src, k, entry_i, entry, g, grp.cand_pos[g], q, topk, lo, hi, a)
             # Logits and their normalisation in float64 whatever x.dtype, as the engine does: at t ~ 1 the
             # query x / a is ~80 in size and float32 logits moved D by up to 2e-3 against the engine's.
             win = src.windows(img, pos, k).double()  # (R, P, d)
             if distance:
                 logits = torch.einsum("rd,rpd->rp", q, win).add_(win.square().sum(-1).mul_(-0.5))
             else:
-                logits = window_logits(q, win, a, bb)
+                logits = window_logits(q, win, a, bb).add_(mult)  # distances stay per window
             logits.masked_fill_(~valid, float("-inf"))
             ids = torch.where(valid, img * (h * w) + pos, torch.full_like(img, -1))
             _fill_rows(out, logits, ids, src.centres(img, pos).double(), qpos, b, m, mass, FAMILY_CODE[grp.family])
