@@ -18,6 +18,10 @@ Id rule, stored in the metadata and used everywhere: in sub-index ``(K, i, g)`` 
 ``[start, stop)`` of images is the id range ``[start * L, stop * L)``. Corner (and LS fallback)
 families are not indexed: they have only N candidates per pixel and are scanned exactly.
 
+Loading takes the blank windows (all in-image pixels 0) out of each IVF sub-index and counts them
+(:class:`Blanks`); the approximate engine adds them back as one candidate of known multiplicity. The
+stored bytes are not changed.
+
 Building streams: vectors are cut from chunks of images, added in chunks, and every finished
 sub-index is checkpointed into ``<out>.partial/`` (temp name + rename), so a killed build resumes.
 The final file is written under a temporary name and renamed; until then ``info`` refuses the path.
