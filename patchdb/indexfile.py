@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from . import index as fx
 from .errors import PatchdbError, PatchdbFileError
-from .patches import box_regions, box_sums, geometry
+from .patches import geometry
 from .schedule import check_patch_size
 from .spec import Machine
 from .store import atomic_h5, check_writable, library_versions, metadata, open_checked
@@ -195,15 +195,29 @@ class Blanks:
         return self.mask.numel() + 8 * self.per_image.numel()
 
 
-def blank_mask(images: torch.Tensor, k: int, cand_pos: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """(N, L) bool: is the zero-padded ``k x k`` window at ``cand_pos`` (L,) of image n all zero (uint8)?"""
-    n, _, h, w = images.shape
-    regions = box_regions(cand_pos, k // 2, h, w)
-    out = []
+def lit_integral(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Integral images of the non-zero pixel count (over channels) of uint8 ``images`` (N, C, H, W):
+    (N, (H+1)(W+1)), int16 when the largest count fits, so any window's count is four reads."""
+    n, c, h, w = images.shape
+    dtype = torch.int16 if c * h * w < 2**15 else torch.int32
+    out = torch.empty(n, (h + 1) * (w + 1), dtype=dtype)
     for start in range(0, n, chunk):
-        lit = (images[start : start + chunk] != 0).sum(1, dtype=torch.int32)  # (n, H, W) non-zero channels
-        out.append(box_sums(lambda rs, cs, lit=lit: lit[:, rs, cs], regions, len(cand_pos)) == 0)
-    return torch.cat(out)
+        lit = (images[start : start + chunk] != 0).sum(1, dtype=torch.int32)
+        out[start : start + chunk] = F.pad(lit.cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1).to(dtype)
+    return out
+
+
+def blank_mask(integral: torch.Tensor, height: int, width: int, k: int, cand_pos: torch.Tensor) -> torch.Tensor:
+    """(N, L) bool: is the zero-padded ``k x k`` window at ``cand_pos`` (L,) all zero, read from
+    :func:`lit_integral` (the window clipped to the image holds no lit pixel)."""
+    r, y, x = k // 2, cand_pos // width, cand_pos % width
+    y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=height)
+    x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=width)
+
+    def at(yy, xx):
+        return integral[:, yy * (width + 1) + xx].int()
+
+    return (at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)) == 0
 
 
 def entries_for(machine: Machine, k: int, height: int, width: int) -> list[Entry]:
@@ -479,7 +493,7 @@ class IndexFile:
         self._entries: dict[int, list[Entry]] = {}
         self._source: PatchSource | None = None
         self._blanks: dict[tuple[int, int, int], Blanks | None] = {}
-        self._uint8: torch.Tensor | None = None
+        self._lit: torch.Tensor | None = None  # lit_integral of the images, made on first need
 
     def _check_complete(self) -> None:
         for name in ("images", "labels", "sizes"):
@@ -574,9 +588,9 @@ class IndexFile:
         query near black scans whole: taking them out halves the k = 3 search (see README)."""
         if fx._ivf(index) is None:
             return None
-        if self._uint8 is None:
-            self._uint8 = self.images()
-        mask = blank_mask(self._uint8, k, self.entries(k)[i].cand_pos[g])  # (N, L)
+        if self._lit is None:
+            self._lit = lit_integral(self.images())
+        mask = blank_mask(self._lit, self.height, self.width, k, self.entries(k)[i].cand_pos[g])  # (N, L)
         if not bool(mask.any()):
             return None
         flat = mask.reshape(-1)
