@@ -90,7 +90,7 @@ class ApproxMachine:
         self.source = index.source()
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
-        self._same_pos_cache = None  # (key, (norms, centres)) of _same_position_terms
+        self._same_pos_cache = None  # (key, norms, centres) of _same_position_terms
 
     # -- the denoiser contract -------------------------------------------------------------
 
