@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from . import index as fx
 from .errors import PatchdbError, PatchdbFileError
-from .patches import geometry
+from .patches import clipped_boxes, geometry
 from .schedule import check_patch_size
 from .spec import Machine
 from .store import atomic_h5, check_writable, library_versions, metadata, open_checked
@@ -172,16 +172,16 @@ class Blanks:
     kept out of its IVF lists when it is loaded and counted instead (all of them are one identical
     vector, so one logit and a multiplicity stand for them exactly).
 
-    ``mask`` (N * L,) bool over ids; ``per_image`` (N + 1,) int64 cumulative counts, so images
-    ``[lo, hi)`` hold ``per_image[hi] - per_image[lo]`` of them; ``first`` the smallest blank id.
+    ``mask`` (N * L,) bool over ids; ``cumulative`` (N + 1,) int64 counts over images, so images
+    ``[lo, hi)`` hold ``cumulative[hi] - cumulative[lo]`` of them; ``first`` the smallest blank id.
     """
 
     mask: torch.Tensor
-    per_image: torch.Tensor
+    cumulative: torch.Tensor
     first: int
 
     def count(self, lo: int, hi: int) -> int:
-        return int(self.per_image[hi] - self.per_image[lo])
+        return int(self.cumulative[hi] - self.cumulative[lo])
 
     def ids(self, lo: int, hi: int, per_image: int, most: int) -> torch.Tensor:
         """Up to ``most`` blank ids of images ``[lo, hi)``, evenly spread over them (representatives)."""
@@ -192,7 +192,7 @@ class Blanks:
 
     @property
     def nbytes(self) -> int:
-        return self.mask.numel() + 8 * self.per_image.numel()
+        return self.mask.numel() + 8 * self.cumulative.numel()
 
 
 def lit_integral(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -210,9 +210,7 @@ def lit_integral(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
 def blank_mask(integral: torch.Tensor, height: int, width: int, k: int, cand_pos: torch.Tensor) -> torch.Tensor:
     """(N, L) bool: is the zero-padded ``k x k`` window at ``cand_pos`` (L,) all zero, read from
     :func:`lit_integral` (the window clipped to the image holds no lit pixel)."""
-    r, y, x = k // 2, cand_pos // width, cand_pos % width
-    y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=height)
-    x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=width)
+    y0, y1, x0, x1 = clipped_boxes(cand_pos, k // 2, height, width)
 
     def at(yy, xx):
         return integral[:, yy * (width + 1) + xx].int()
@@ -598,8 +596,8 @@ class IndexFile:
         if removed != int(flat.sum()):
             raise PatchdbError(f"{self.path} size {k}: the index holds {removed} of its {int(flat.sum())} blank windows; "
                                "the file is inconsistent, rebuild it with patchdb build")
-        per_image = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
-        return Blanks(flat, per_image, int(flat.nonzero()[0]))
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
+        return Blanks(flat, cumulative, int(flat.nonzero()[0]))
 
     def loaded_sizes(self) -> list[int]:
         """Patch sizes with sub-indexes in memory, least recently used first."""

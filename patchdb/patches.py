@@ -135,13 +135,19 @@ def unfold_windows(images: torch.Tensor, k: int, padding: str = "zeros") -> torc
 # --------------------------------------------------------------------------------------------
 
 
+def clipped_boxes(pos: torch.Tensor, r: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """Row and column bounds ``[y0, y1) x [x0, x1)`` of the ``(2r+1)^2`` windows centred at flat ``pos``
+    clipped to an ``h x w`` image: what a zero-padded window covers of the image."""
+    y, x = pos // w, pos % w
+    return (y - r).clamp(min=0), (y + r + 1).clamp(max=h), (x - r).clamp(min=0), (x + r + 1).clamp(max=w)
+
+
 def box_regions(pos: torch.Tensor, r: int, h: int, w: int) -> list[tuple[torch.Tensor, tuple[slice, slice], tuple]]:
     """Split flat positions ``pos`` (P,) by image quadrant into regions covering their ``(2r+1)^2`` boxes
     clipped to the image: ``(indices into pos, (row slice, col slice), box bounds relative to the region)``.
     One region (the whole image) when the quadrants' regions would cover more than the image."""
+    y0, y1, x0, x1 = clipped_boxes(pos, r, h, w)
     y, x = pos // w, pos % w
-    y0, y1 = (y - r).clamp(min=0), (y + r + 1).clamp(max=h)
-    x0, x1 = (x - r).clamp(min=0), (x + r + 1).clamp(max=w)
     quadrant = (2 * y >= h).long() * 2 + (2 * x >= w).long()
     parts = [(quadrant == q).nonzero().view(-1) for q in torch.unique(quadrant).tolist()]
     bounds = [(int(y0[i].min()), int(y1[i].max()), int(x0[i].min()), int(x1[i].max())) for i in parts]

@@ -204,7 +204,7 @@ def test_blank_windows_are_taken_out_of_ivf_and_counted_exactly(tmp_path):
     """On black-background data the file takes all-zero windows out of its IVF lists when loading and the
     engine counts them as one candidate of multiplicity M: with every list probed and K covering the
     rest, approx == exact (float64), and the counts match a brute-force scan of the images."""
-    from patchdb.patches import geometry, windows_at
+    from patchdb.patches import windows_at
 
     ds = black_background_dataset(40, seed=3)
     path = tmp_path / "blank.h5"
