@@ -11,7 +11,7 @@ from patchdb.generate import sample_labels
 from patchdb.indexfile import open_index
 from patchdb.schedule import parse_schedule
 from patchdb.score import make_denoiser
-from patchdb.score.approx import DEFAULT_TOPK, validate_engines
+from patchdb.score.approx import DEFAULT_SCAN_CAP, DEFAULT_TOPK, validate_engines
 
 from .options import DTYPES, resolve_device
 
@@ -30,18 +30,20 @@ from .options import DTYPES, resolve_device
 @click.option("--k-factor", type=click.IntRange(min=0), default=0, help="Re-rank topk x this many (0: tuned default).")
 @click.option("--tail-correction", type=click.IntRange(min=0), default=1024,
               help="Estimate the ignored mass from a uniform sample of m candidates (0: off; measured: needed at high noise).")
+@click.option("--scan-cap", type=click.FloatRange(min=0), default=DEFAULT_SCAN_CAP, show_default=True,
+              help="A query stops scanning after this many times the codes its nprobe lists hold on average (0: no cap).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Compute precision of both engines.")
 @click.option("--device", default="cpu", help="Where the exact engine runs (cpu, cuda, auto); FAISS search stays on the CPU.")
 @click.option("--min-r2", type=click.FloatRange(0, 1), default=0.99, help="Exit 1 when the median r^2 is below this.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the full report as JSON.")
 def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, nprobe, ef, k_factor, tail_correction,
-            dtype, device, min_r2, json_out):
+            scan_cap, dtype, device, min_r2, json_out):
     """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
     with open_index(file) as f:
         machine = machine or f.machine.value
         sched = parse_schedule(schedule)
         approx = make_denoiser(machine, sched, index=f, topk=topk, nprobe=nprobe, ef=ef, k_factor=k_factor,
-                               tail_samples=tail_correction, dtype=DTYPES[dtype])
+                               tail_samples=tail_correction, dtype=DTYPES[dtype], scan_cap=scan_cap)
         exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=resolve_device(device))
         seeds = list(range(seed, seed + num_seeds))
         labels = sample_labels(num_seeds, label, len(f.meta["classes"]))
@@ -60,7 +62,8 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
         with open(json_out, "w") as fh:
             json.dump({**report, "settings": {"file": file, "machine": machine, "schedule": list(sched.sizes), "label": label,
                                               "topk": topk, "nprobe": nprobe, "k_factor": k_factor,
-                                              "tail_correction": tail_correction, "batch_size": batch_size}}, fh, indent=2)
+                                              "tail_correction": tail_correction, "scan_cap": scan_cap,
+                                              "batch_size": batch_size}}, fh, indent=2)
     if report["r2_median"] < min_r2:
         click.echo(f"FAIL: median r^2 {report['r2_median']:.5f} < --min-r2 {min_r2}", err=True)
         sys.exit(1)

@@ -204,8 +204,11 @@ def _ivf(index: faiss.Index):
         return None
 
 
-def search_params(index: faiss.Index, nprobe: int = 0, ef: int = 0, id_range: tuple[int, int] | None = None):
-    """SearchParameters for ``index``: nprobe / efSearch and an optional id range ``[lo, hi)``.
+def search_params(index: faiss.Index, nprobe: int = 0, ef: int = 0, id_range: tuple[int, int] | None = None,
+                  max_codes: int = 0):
+    """SearchParameters for ``index``: nprobe / efSearch, an optional id range ``[lo, hi)`` and an optional
+    cap on the codes one query scans (IVF: lists are visited nearest first and the scan stops after the
+    list that reaches ``max_codes``; 0: no cap).
 
     Returns (params, keep): ``keep`` holds the SWIG objects params point to (they must outlive the search).
     """
@@ -213,7 +216,7 @@ def search_params(index: faiss.Index, nprobe: int = 0, ef: int = 0, id_range: tu
     keep = [sel]
     ivf = _ivf(index)
     if ivf is not None:
-        params = faiss.SearchParametersIVF(nprobe=max(1, int(nprobe or ivf.nprobe)))
+        params = faiss.SearchParametersIVF(nprobe=max(1, int(nprobe or ivf.nprobe)), max_codes=int(max_codes))
         if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
             qp = faiss.SearchParametersHNSW(efSearch=int(ef or max(64, 2 * params.nprobe)))
             params.quantizer_params = qp
@@ -229,9 +232,9 @@ def search_params(index: faiss.Index, nprobe: int = 0, ef: int = 0, id_range: tu
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int = 0, ef: int = 0,
-           id_range: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           id_range: tuple[int, int] | None = None, max_codes: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (distances, ids) of ``queries`` (m, d) float32; ids -1 where fewer exist."""
-    params, keep = search_params(index, nprobe, ef, id_range)
+    params, keep = search_params(index, nprobe, ef, id_range, max_codes)
     dist, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k), params=params)
     del keep
     return dist, ids
@@ -284,6 +287,15 @@ def tune(index: faiss.Index, queries: np.ndarray, kth: np.ndarray, true_dist: Ca
     best = min(good, key=lambda c: c["ms_per_query"]) if good else max(curve, key=lambda c: c["recall"])
     set_nprobe(index, best["nprobe"])
     return {**best, "efSearch": 0, "curve": curve}
+
+
+def nominal_codes(index: faiss.Index, nprobe: int = 0) -> int:
+    """Codes ``nprobe`` lists hold on average (``nprobe * ntotal / nlist``): what one query scans when the
+    lists are balanced. 0 for an index without lists."""
+    ivf = _ivf(index)
+    if ivf is None or not ivf.nlist:
+        return 0
+    return math.ceil(max(1, int(nprobe or ivf.nprobe)) * ivf.ntotal / ivf.nlist)
 
 
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:

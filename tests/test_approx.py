@@ -262,3 +262,42 @@ def test_attribution_through_an_index_credits_blank_windows_as_the_engine_weighs
     assert bool((ids >= 0).all())
     assert all(bool((ds.images[n, 0, p // 10 - 1 : p // 10 + 2, p % 10 - 1 : p % 10 + 2] == 0).all())
                for n, p in zip(img.tolist(), pos.tolist()))
+
+
+def test_scan_cap_stops_a_query_after_its_budget_of_codes():
+    """Unbalanced lists (most vectors piled near one point, as near-black windows are): with the cap a query
+    scans lists nearest first and stops after the list that reaches ``scan_cap * nominal_codes``; probing
+    every list asks for an exhaustive scan, which no cap shortens."""
+    import faiss
+    import numpy as np
+
+    from patchdb import index as fx
+    from patchdb.score.approx import search_ids
+
+    rng = np.random.default_rng(0)
+    data = np.concatenate([0.01 * rng.standard_normal((3000, 4)), 3 * rng.standard_normal((1000, 4))]).astype(np.float32)
+    index = fx.train("IVF16,Flat", data)
+    index.add(data)
+    ivf = fx._ivf(index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    assert sizes.max() > 4 * ivf.ntotal / ivf.nlist  # one pile
+    queries = torch.from_numpy(0.01 * rng.standard_normal((20, 4))).float()  # on the pile
+
+    def scanned(nprobe, cap):
+        faiss.cvar.indexIVF_stats.reset()
+        ids = search_ids(index, queries, 10, nprobe, 0, None, cap)
+        return ids, faiss.cvar.indexIVF_stats.ndis / len(queries)
+
+    budget = fx.nominal_codes(index, 8)
+    assert budget == math.ceil(8 * ivf.ntotal / ivf.nlist)
+    _, full = scanned(8, 0)
+    capped_ids, capped = scanned(8, 1.0)
+    assert capped < full  # the pile's neighbours are big lists: the cap cuts the scan ...
+    assert capped <= budget + sizes.max()  # ... after the list that crosses the budget
+    assert (capped_ids >= 0).all()
+    # Every list probed: exhaustive whatever the cap.
+    all_ids, _ = scanned(ivf.nlist, 0)
+    all_capped, n = scanned(ivf.nlist, 0.25)
+    assert torch.equal(all_ids, all_capped) and n == ivf.ntotal
+    with pytest.raises(PatchdbError, match="scan-cap"):
+        ApproxMachine(IndexFile.__new__(IndexFile), "bbels", scan_cap=-1)

@@ -34,6 +34,11 @@ DEFAULT_TOPK = 64
 RERANK_ELEMENTS = 8_000_000
 #: Largest x-independent corner / LS terms kept between calls (see ApproxMachine._same_position_terms).
 SAME_POSITION_CACHE_BYTES = 512 * 2**20
+#: Default cap on the codes one query window scans, as a multiple of what its nprobe lists hold on
+#: average (:func:`patchdb.index.nominal_codes`). Balanced lists never reach it; on black-background
+#: data a few lists hold most near-dark windows and queries on background would scan them all
+#: (see README "Scan cap").
+DEFAULT_SCAN_CAP = 0.5
 
 
 @dataclass
@@ -68,12 +73,17 @@ class ApproxMachine:
     k_factor : search ``topk * k_factor`` candidates by approximate distance and re-rank all of them
         exactly (0: the tuned default stored in the file; 1 with a Flat index).
     tail_samples : m > 0 turns on the tail correction with a uniform sample of m candidates.
+    scan_cap : each query scans its lists nearest first and stops after ``scan_cap`` times the codes its
+        nprobe lists hold on average (0: no cap, every probed list whole).
     dtype : compute dtype of the re-rank (float32 or float64).
     """
 
     def __init__(self, index: IndexFile, machine: str | Machine, schedule: ScaleSchedule | str | None = None,
                  topk: int = DEFAULT_TOPK, nprobe: int = 0, ef: int = 0, tail_samples: int = 0,
-                 dtype: torch.dtype = torch.float32, seed: int = 0, k_factor: int = 0):
+                 dtype: torch.dtype = torch.float32, seed: int = 0, k_factor: int = 0,
+                 scan_cap: float = DEFAULT_SCAN_CAP):
+        if not (scan_cap >= 0 and math.isfinite(scan_cap)):
+            raise PatchdbError(f"--scan-cap must be 0 (no cap) or positive, got {scan_cap}")
         self.file = index
         self.machine = Machine.parse(machine)
         self.schedule = parse_schedule(schedule) if schedule is not None else None
@@ -83,6 +93,7 @@ class ApproxMachine:
             raise PatchdbError(f"--topk must be at least 1, got {topk}")
         self.topk, self.nprobe, self.ef, self.tail = int(topk), int(nprobe), int(ef), int(tail_samples)
         self.k_factor = int(k_factor)
+        self.scan_cap = float(scan_cap)
         self.dtype, self.seed = dtype, seed
         self.labels = index.labels()
         # Re-rank logits are computed in float64 whatever the dtype (see _denoise): the file's source is
@@ -245,7 +256,7 @@ class ApproxMachine:
         index = self.file.index(*key)
         factor = self.k_factor or int(entry.info.get("k_factor", 1))
         want = min(self.topk * factor, id_hi - id_lo)  # never ask for more than exist
-        ids = search_ids(index, q / a, want, self.nprobe, self.ef, None if whole else (id_lo, id_hi))
+        ids = search_ids(index, q / a, want, self.nprobe, self.ef, None if whole else (id_lo, id_hi), self.scan_cap)
         n_total = id_hi - id_lo
         blank = self._blank(key, lo, hi, cand_pos, per_image)
         sample = self._tail_sample(key, id_lo, id_hi) if self.tail else None
@@ -321,25 +332,29 @@ class ApproxMachine:
 
 
 def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int = 0,
-               id_range: tuple[int, int] | None = None) -> torch.Tensor:
+               id_range: tuple[int, int] | None = None, scan_cap: float = DEFAULT_SCAN_CAP) -> torch.Tensor:
     """Ids (R, want) int64 of the ``want`` nearest stored vectors to ``queries`` (R, d) (already ``x / a``),
     -1 where fewer exist. Rows whose probed IVF lists held nothing (far-out queries at t ~ 1) are searched
-    again with 8x more lists until they find candidates: a row without any would give 0/0.
+    again with 8x more lists until they find candidates: a row without any would give 0/0. Each query
+    stops scanning after the list that takes it past ``scan_cap`` times the codes its nprobe lists hold
+    on average (0: no cap; never capped when every list is probed).
 
     The one retrieval rule of the approximate engine and of attribution through an index
     (:mod:`patchdb.score.contrib`), so that both see the same candidates.
     """
     q = queries.float().numpy()
-    _, found = fx.search(index, q, want, nprobe, ef, id_range)
-    ids = torch.from_numpy(found).long()
     ivf = fx._ivf(index)
+    probe = 0 if ivf is None else max(1, nprobe or int(ivf.nprobe))
+    # Probing every list asks for an exhaustive scan: no cap then.
+    cap = math.ceil(scan_cap * fx.nominal_codes(index, nprobe)) if scan_cap and ivf is not None and probe < ivf.nlist else 0
+    _, found = fx.search(index, q, want, nprobe, ef, id_range, max_codes=max(cap, want) if cap else 0)
+    ids = torch.from_numpy(found).long()
     if ivf is None:
         return ids
     empty = (ids < 0).all(1).nonzero().view(-1)
-    probe = max(1, nprobe or int(ivf.nprobe))
     while empty.numel() and probe < ivf.nlist:
         probe = min(ivf.nlist, probe * 8)
-        _, again = fx.search(index, q[empty.numpy()], want, probe, ef, id_range)
+        _, again = fx.search(index, q[empty.numpy()], want, probe, ef, id_range)  # uncapped: must find some
         ids[empty] = torch.from_numpy(again).long()
         empty = empty[(ids[empty] < 0).all(1)]
     return ids
