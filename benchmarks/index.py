@@ -6,6 +6,7 @@ Prints markdown tables. Run with ``OMP_NUM_THREADS`` set to the cores you mean t
     python benchmarks/index.py build --dataset fashion-mnist --root ../shared/data/fashion-mnist --limit 10000
     python benchmarks/index.py speed FILE --schedule fashion-mnist-resnet-zeros --batch 1 --batch 16
     python benchmarks/index.py recall FILE
+    python benchmarks/index.py scan-cap FILE --sizes 3,5,7 --caps 0,1,0.5,0.25
 
 ``build`` runs one ``patchdb build`` subprocess per patch size, so each size's peak memory (max RSS)
 is its own; ``speed`` times one denoiser call per distinct size at the noise level of its steps and
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from patchdb.indexfile import open_index
 from patchdb.schedule import alpha_sigma, parse_schedule
 from patchdb.score import make_denoiser
+from patchdb.score.approx import DEFAULT_SCAN_CAP
 
 
 @click.group()
@@ -104,13 +106,14 @@ def _x_at(t: float, data: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
 @click.option("--tail", type=int, default=0)
 @click.option("--label", type=int, default=None, help="Class-conditional timing (id-range selector).")
 @click.option("--skip-exact", is_flag=True, help="Time only the approximate engine.")
-def speed(file, schedule, batches, topk, tail, label, skip_exact):
+@click.option("--scan-cap", type=float, default=DEFAULT_SCAN_CAP, show_default=True, help="The engine's scan cap (0: none).")
+def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap):
     """Per-sample time (sum of one denoiser call per step) exact vs approximate, in one run."""
     sched = parse_schedule(schedule)
     with open_index(file) as f:
         f.cache_bytes = 0  # one size's indexes in memory at a time (N = 60,000: 20 GB for all sizes)
         data = f.images().float() / 127.5 - 1
-        approx = make_denoiser(f.machine, sched, index=f, topk=topk, tail_samples=tail)
+        approx = make_denoiser(f.machine, sched, index=f, topk=topk, tail_samples=tail, scan_cap=scan_cap)
         exact = None if skip_exact else make_denoiser(f.machine, sched, index=f, exact=True)
         n = f.meta["count"]
         print("| N | batch | label | k | t | exact s/call | approx s/call | speedup |")
@@ -167,6 +170,40 @@ def recall(file):
             for c in fam.get("recall_curve", []):
                 print(f"| {k} | {fam['family']} | {fam['plan']['key']} | {c['nprobe']} | {c['k_factor']} | "
                       f"{c['recall']:.3f}@{fam['recall_k']} | {c['ms_per_query']:.3f} |")
+
+
+@cli.command("scan-cap")
+@click.argument("file")
+@click.option("--schedule", default="fashion-mnist-resnet-zeros")
+@click.option("--sizes", default="3,5,7,9,11", help="Patch sizes to time (each at the middle step time of its steps).")
+@click.option("--caps", default="0,1,0.5,0.25", help="Scan caps to compare (0: no cap).")
+@click.option("--tail", type=int, default=1024)
+def scan_cap(file, schedule, sizes, caps, tail):
+    """One approximate call per size and scan cap against the exact call on the same x: time and |D - D_exact|."""
+    sched = parse_schedule(schedule)
+    with open_index(file) as f:
+        f.cache_bytes = 0
+        data = f.images().float() / 127.5 - 1
+        exact = make_denoiser(f.machine, sched, index=f, exact=True)
+        print("| N | k | t | scan cap | exact s | approx s | speedup | max abs dD | mean abs dD |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for k in (int(v) for v in sizes.split(",")):
+            steps = [i for i in range(1, sched.steps + 1) if sched.size_at(i) == k]
+            t = steps[len(steps) // 2] / sched.steps
+            x = _x_at(t, data, 1, seed=k)
+            exact.prepare(k, None)
+            start = time.perf_counter()
+            want = exact.denoise(x, t, k=k)
+            te = time.perf_counter() - start
+            for cap in (float(v) for v in caps.split(",")):
+                approx = make_denoiser(f.machine, sched, index=f, topk=64, tail_samples=tail, scan_cap=cap)
+                approx.prepare(k, None)
+                start = time.perf_counter()
+                got = approx.denoise(x, t, k=k)
+                ta = time.perf_counter() - start
+                d = (got - want).abs()
+                print(f"| {f.meta['count']} | {k} | {t:.2f} | {cap:g} | {te:.1f} | {ta:.2f} | {te / ta:.1f}x | "
+                      f"{d.max():.4f} | {d.mean():.5f} |", flush=True)
 
 
 if __name__ == "__main__":

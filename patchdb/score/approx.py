@@ -35,10 +35,10 @@ RERANK_ELEMENTS = 8_000_000
 #: Largest x-independent corner / LS terms kept between calls (see ApproxMachine._same_position_terms).
 SAME_POSITION_CACHE_BYTES = 512 * 2**20
 #: Default cap on the codes one query window scans, as a multiple of what its nprobe lists hold on
-#: average (:func:`patchdb.index.nominal_codes`). Balanced lists never reach it; on black-background
-#: data a few lists hold most near-dark windows and queries on background would scan them all
-#: (see README "Scan cap").
-DEFAULT_SCAN_CAP = 0.5
+#: average (:func:`patchdb.index.nominal_codes`). Queries whose lists are balanced barely reach it; on
+#: black-background data a few lists hold most near-dark windows and queries on background would scan
+#: them all. Below 1 it also cuts balanced scans (faster, less accurate; see README "Scan cap").
+DEFAULT_SCAN_CAP = 1.0
 
 
 @dataclass
