@@ -98,6 +98,14 @@ def _x_at(t: float, data: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
     return a * data[idx] + b * torch.randn(data[idx].shape, generator=g)
 
 
+def _steps_of(sched, k: int) -> tuple[list[int], float]:
+    """The steps of size ``k`` in ``sched`` and the time of the middle one (where ``k`` is timed)."""
+    steps = [i for i in range(1, sched.steps + 1) if sched.size_at(i) == k]
+    if not steps:
+        raise click.UsageError(f"size {k} is not in the schedule {sched.name}")
+    return steps, steps[len(steps) // 2] / sched.steps
+
+
 @cli.command()
 @click.argument("file")
 @click.option("--schedule", default="fashion-mnist-resnet-zeros")
@@ -122,8 +130,7 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap):
             totals = {"exact": 0.0, "approx": 0.0}
             setup, loads = {}, {}
             for k in sched.distinct():
-                steps = [i for i in range(1, sched.steps + 1) if sched.size_at(i) == k]
-                t = steps[len(steps) // 2] / sched.steps
+                steps, t = _steps_of(sched, k)
                 x = _x_at(t, data, batch, seed=k)
                 labels = None if label is None else torch.full((batch,), label)
                 row = {}
@@ -188,8 +195,7 @@ def scan_cap(file, schedule, sizes, caps, tail):
         print("| N | k | t | scan cap | exact s | approx s | speedup | max abs dD | mean abs dD |")
         print("|---|---|---|---|---|---|---|---|---|")
         for k in (int(v) for v in sizes.split(",")):
-            steps = [i for i in range(1, sched.steps + 1) if sched.size_at(i) == k]
-            t = steps[len(steps) // 2] / sched.steps
+            _, t = _steps_of(sched, k)
             x = _x_at(t, data, 1, seed=k)
             exact.prepare(k, None)
             start = time.perf_counter()
