@@ -345,9 +345,10 @@ def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int
     q = queries.float().numpy()
     ivf = fx._ivf(index)
     probe = 0 if ivf is None else max(1, nprobe or int(ivf.nprobe))
-    # Probing every list asks for an exhaustive scan: no cap then.
-    cap = math.ceil(scan_cap * fx.nominal_codes(index, nprobe)) if scan_cap and ivf is not None and probe < ivf.nlist else 0
-    _, found = fx.search(index, q, want, nprobe, ef, id_range, max_codes=max(cap, want) if cap else 0)
+    max_codes = 0
+    if scan_cap and ivf is not None and probe < ivf.nlist:  # probing every list asks for an exhaustive scan
+        max_codes = max(want, math.ceil(scan_cap * fx.nominal_codes(index, probe)))
+    _, found = fx.search(index, q, want, probe, ef, id_range, max_codes)
     ids = torch.from_numpy(found).long()
     if ivf is None:
         return ids
