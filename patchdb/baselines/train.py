@@ -238,7 +238,8 @@ def train(
         raise PatchdbError("a conditional model needs the training labels")
     device = torch.device(device)
     torch.manual_seed(tc.seed)  # the initial weights depend on the seed alone
-    net = build_model(cfg).to(device)
+    # channels-last: oneDNN's convolutions run 12-17% faster on the CPU this way (benchmarks/train.py)
+    net = build_model(cfg).to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(net) if tc.ema > 0 else None
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
@@ -251,7 +252,7 @@ def train(
     budget = None if tc.minutes is None else tc.minutes * 60.0
     info_base = {"train": asdict(tc), "dataset": data_info or {}, "parameters": count_parameters(net),
                  "device": str(device), "threads": torch.get_num_threads()}
-    images = images.to(device)
+    images = images.to(device).contiguous(memory_format=torch.channels_last)
     labels_dev = labels.to(device) if (labels is not None and cfg.conditional) else None
     perm = state["perm"] if state["perm"] is not None else torch.randperm(n, generator=gen)
     pos = state["perm_pos"]
