@@ -53,7 +53,7 @@ def setup(dataset, root, split, download, limit, only_classes, policy, checkpoin
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     net, cfg, info = load_network(checkpoint, data.channels, data.height, data.width, dev)
     seeds = list(range(seed, seed + num))
-    labels = seed_labels(num, label, cfg.conditional, data.num_classes)
+    labels = seed_labels(num, label, cfg.conditional, data.num_classes, seed)
     images = data.to_float(DTYPES[dtype])
     return dev, data, net, cfg, info, seeds, labels, images
 

@@ -56,7 +56,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     sched = parse_schedule(schedule, steps)
     sched.check_fits(data.height, data.width)
-    labels = sample_labels(num, label, data.num_classes)
+    labels = sample_labels(num, label, data.num_classes, seed)
     engine = ExactMachine(data.to_float(DTYPES[dtype]), machine, sched, labels=data.labels, device=dev,
                           block_bytes=int(block_mb * 2**20))
     click.echo(f"{machine.value} machine over {len(data)} images of {data.name} ({data.channels}x{data.height}x{data.width}), "
@@ -82,7 +82,7 @@ def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, l
 
     with open_index(index_file) as f:
         sched = parse_schedule(schedule, steps)
-        labels = sample_labels(num, label, len(f.meta["classes"]))
+        labels = sample_labels(num, label, len(f.meta["classes"]), seed)
         extra = {"device": dev} if exact else {"scan_cap": scan_cap}
         engine = make_denoiser(machine, sched, index=f, exact=exact, topk=topk, nprobe=nprobe, ef=ef,
                                tail_samples=tail_correction, dtype=DTYPES[dtype], **extra)

@@ -46,7 +46,7 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
                                tail_samples=tail_correction, dtype=DTYPES[dtype], scan_cap=scan_cap)
         exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=resolve_device(device))
         seeds = list(range(seed, seed + num_seeds))
-        labels = sample_labels(num_seeds, label, len(f.meta["classes"]))
+        labels = sample_labels(num_seeds, label, len(f.meta["classes"]), seed)
         report = validate_engines(exact, approx, seeds, (f.channels, f.height, f.width), sched.steps, labels,
                                   batch_size, progress=True)
     click.echo(f"{'step':>4} {'t':>5} {'k':>3} {'max|dD| med':>12} {'max|dD| max':>12} {'ignored bound':>14} {'tail share':>11}")

@@ -280,8 +280,8 @@ def machine_factory(machine, images: torch.Tensor, labels: torch.Tensor | None =
                                           **options)
 
 
-def seed_labels(num: int, label, cfg_conditional: bool, num_classes: int | None) -> torch.Tensor | None:
-    """Labels of the compared seeds: None when unconditional, else one class or cycling ("all", default)."""
+def seed_labels(num: int, label, cfg_conditional: bool, num_classes: int | None, first_seed: int = 0) -> torch.Tensor | None:
+    """Labels of seeds ``first_seed ..``: None when unconditional, else one class or seed mod classes ("all", default)."""
     from .generate import sample_labels
 
     if not cfg_conditional:
@@ -290,4 +290,4 @@ def seed_labels(num: int, label, cfg_conditional: bool, num_classes: int | None)
         return None
     if label == "none":
         raise PatchdbError("the network is class-conditional: it needs labels; use --label N or --label all")
-    return sample_labels(num, "all" if label is None else label, num_classes)
+    return sample_labels(num, "all" if label is None else label, num_classes, first_seed)

@@ -21,14 +21,16 @@ class Generated:
     trajectory: torch.Tensor | None  # (S, N, C, H, W) or None
 
 
-def sample_labels(num: int, label: int | str | None, num_classes: int | None) -> torch.Tensor | None:
-    """Labels of ``num`` samples: None (unconditional), one class for all, or ``"all"`` (cycling classes)."""
+def sample_labels(num: int, label: int | str | None, num_classes: int | None, first_seed: int = 0) -> torch.Tensor | None:
+    """Labels of the ``num`` samples of seeds ``first_seed, first_seed + 1, ...``: None (unconditional),
+    one class for all, or ``"all"``: seed ``s`` gets class ``s mod num_classes``, so a seed has the same
+    label however a run of seeds is split (``--seed 4 --seeds 6`` draws classes 4..9)."""
     if label is None:
         return None
     if num_classes is None:
         raise PatchdbError("class-conditional sampling needs a labelled dataset")
     if label == "all":
-        return torch.arange(num) % num_classes
+        return (first_seed + torch.arange(num)) % num_classes
     label = int(label)
     if not 0 <= label < num_classes:
         raise PatchdbError(f"label {label} is out of range 0..{num_classes - 1}; pick a class of the dataset")

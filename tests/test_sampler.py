@@ -92,6 +92,14 @@ def test_conditional_samples_use_their_class():
         assert int(eng.labels[dist.argmin()]) == int(labels[j])
 
 
+def test_cycled_labels_follow_the_seed_not_the_position_in_the_run():
+    whole = sample_labels(25, "all", 10, first_seed=3)
+    assert whole.tolist() == [(3 + j) % 10 for j in range(25)]
+    # the same seeds split over two runs get the same labels
+    parts = torch.cat([sample_labels(9, "all", 10, first_seed=3), sample_labels(16, "all", 10, first_seed=12)])
+    assert torch.equal(whole, parts)
+
+
 def test_labels_and_schedule_errors():
     with pytest.raises(PatchdbError, match="out of range"):
         sample_labels(2, 11, 10)
