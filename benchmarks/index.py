@@ -7,6 +7,7 @@ Prints markdown tables. Run with ``OMP_NUM_THREADS`` set to the cores you mean t
     python benchmarks/index.py speed FILE --schedule fashion-mnist-resnet-zeros --batch 1 --batch 16
     python benchmarks/index.py recall FILE
     python benchmarks/index.py scan-cap FILE --sizes 3,5,7 --caps 0,1,0.5,0.25
+    python benchmarks/index.py class-search --limit 10000 --k 9 --classes 0,7
 
 ``build`` runs one ``patchdb build`` subprocess per patch size, so each size's peak memory (max RSS)
 is its own; ``speed`` times one denoiser call per distinct size at the noise level of its steps and
