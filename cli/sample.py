@@ -39,20 +39,22 @@ from .options import DTYPES, dataset_options, load_from_options, resolve_device
 @click.option("--topk", type=click.IntRange(min=1), default=64, help="With --index: candidates kept per query window.")
 @click.option("--nprobe", type=click.IntRange(min=0), default=0, help="With --index: IVF lists probed (0: tuned default in the file).")
 @click.option("--ef", type=click.IntRange(min=0), default=0, help="With --index: HNSW efSearch of the coarse quantizer (0: default).")
+@click.option("--k-factor", type=click.IntRange(min=0), default=0,
+              help="With --index: search and exactly re-rank topk x this many candidates (0: tuned default in the file).")
 @click.option("--tail-correction", type=click.IntRange(min=0), default=1024,
               help="With --index: estimate the ignored mass from a uniform sample of this many candidates (0: off).")
 @click.option("--scan-cap", type=click.FloatRange(min=0), default=DEFAULT_SCAN_CAP, show_default=True,
               help="With --index: a query stops scanning after this many times the codes its nprobe lists hold on average (0: no cap).")
 def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num,
             batch_size, seed, label, device, dtype, block_mb, save_trajectory, out, index_file, exact, topk, nprobe,
-            ef, tail_correction, scan_cap):
+            ef, k_factor, tail_correction, scan_cap):
     """Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS), or the top-K engine with --index."""
     out = check_writable(out)
     machine = Machine.parse(machine)
     dev = resolve_device(device)
     if index_file is not None:
         return _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype,
-                             save_trajectory, out, exact, topk, nprobe, ef, tail_correction, scan_cap)
+                             save_trajectory, out, exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     sched = parse_schedule(schedule, steps)
     sched.check_fits(data.height, data.width)
@@ -75,7 +77,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
 
 
 def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype, save_trajectory, out,
-                  exact, topk, nprobe, ef, tail_correction, scan_cap):
+                  exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap):
     """``sample --index``: the approximate engine over the file, or ``--exact`` on the images it stores."""
     from patchdb.indexfile import open_index
     from patchdb.score import make_denoiser
@@ -83,7 +85,7 @@ def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, l
     with open_index(index_file) as f:
         sched = parse_schedule(schedule, steps)
         labels = sample_labels(num, label, len(f.meta["classes"]), seed)
-        extra = {"device": dev} if exact else {"scan_cap": scan_cap}
+        extra = {"device": dev} if exact else {"scan_cap": scan_cap, "k_factor": k_factor}
         engine = make_denoiser(machine, sched, index=f, exact=exact, topk=topk, nprobe=nprobe, ef=ef,
                                tail_samples=tail_correction, dtype=DTYPES[dtype], **extra)
         shape = (f.channels, f.height, f.width)
@@ -98,7 +100,7 @@ def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, l
         settings = {
             "command": "sample", "engine": "exact" if exact else "approx", "index": str(index_file), "machine": machine.value,
             "schedule": list(sched.sizes), "schedule_name": sched.name, "steps": sched.steps, "num": num,
-            "batch_size": batch_size, "seed": seed, "label": label, "dtype": dtype, "topk": topk, "nprobe": nprobe, "ef": ef, "scan_cap": scan_cap,
+            "batch_size": batch_size, "seed": seed, "label": label, "dtype": dtype, "topk": topk, "nprobe": nprobe, "ef": ef, "k_factor": k_factor, "scan_cap": scan_cap,
             "tail_correction": tail_correction, "dataset_name": f.meta["dataset"], "fingerprint": f.fingerprint,
             "seconds": seconds, "step_reports": reports,
         }

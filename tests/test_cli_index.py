@@ -36,12 +36,12 @@ def test_build_info_sample_validate(tmp_path, built):
     info = json.loads(run("info", built, "--json").output)
     assert info["metadata"]["sizes"] == [3, 5] and info["sizes"]["5"][0]["plan"]["key"] == "Flat"
     out = tmp_path / "s.h5"
-    res = run("sample", "--index", built, "-s", "3,5", "-n", "2", "--topk", "16", "--label", "all", "-o", out)
+    res = run("sample", "--index", built, "-s", "3,5", "-n", "2", "--topk", "16", "--k-factor", "2", "--label", "all", "-o", out)
     assert res.exit_code == 0, res.output
     with h5py.File(out) as h5:
         assert h5["samples"].shape == (2, 1, 32, 32)
         meta = json.loads(h5.attrs["metadata"])
-        assert meta["engine"] == "approx" and len(meta["step_reports"]) == 2
+        assert meta["engine"] == "approx" and len(meta["step_reports"]) == 2 and meta["k_factor"] == 2
     res = run("sample", "--index", built, "--exact", "-s", "3,5", "-n", "1", "-o", tmp_path / "e.h5")
     assert res.exit_code == 0, res.output
     report, small = tmp_path / "v.json", tmp_path / "small.h5"
