@@ -12,6 +12,7 @@ from patchdb.indexfile import open_index
 from patchdb.schedule import parse_schedule
 from patchdb.score import make_denoiser
 from patchdb.score.approx import DEFAULT_SCAN_CAP, DEFAULT_TOPK, validate_engines
+from patchdb.store import atomic_write, check_writable
 
 from .options import DTYPES, resolve_device
 
@@ -39,6 +40,8 @@ from .options import DTYPES, resolve_device
 def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, nprobe, ef, k_factor, tail_correction,
             scan_cap, dtype, device, min_r2, json_out):
     """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
+    if json_out:
+        json_out = check_writable(json_out)  # now, not after hours of exact sampling
     with open_index(file) as f:
         machine = machine or f.machine.value
         sched = parse_schedule(schedule)
@@ -59,7 +62,8 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
     click.echo(f"median r^2 {report['r2_median']:.5f} (min {report['r2_min']:.5f}) over {num_seeds} seeds; "
                f"exact {sec['exact']:.2f} s/sample, approx {sec['approx']:.2f} s/sample, speedup {report['speedup']:.1f}x")
     if json_out:
-        with open(json_out, "w") as fh:
+        report["labels"] = None if labels is None else labels.tolist()  # per seed, as sampled
+        with atomic_write(json_out) as tmp, open(tmp, "w") as fh:
             json.dump({**report, "settings": {"file": file, "machine": machine, "schedule": list(sched.sizes), "label": label,
                                               "topk": topk, "nprobe": nprobe, "k_factor": k_factor,
                                               "tail_correction": tail_correction, "scan_cap": scan_cap,

@@ -48,7 +48,8 @@ def test_build_info_sample_validate(tmp_path, built):
     assert run("build", "--limit", "3", "--scales", "3,5", "--out", small).exit_code == 0
     res = run("validate", small, "-s", "3,5", "--seeds", "2", "--topk", "100000", "--min-r2", "0.999", "--json-out", report)
     assert res.exit_code == 0, res.output
-    assert "median r^2 1.0000" in res.output and json.loads(report.read_text())["r2_median"] > 0.999999
+    saved = json.loads(report.read_text())
+    assert "median r^2 1.0000" in res.output and saved["r2_median"] > 0.999999 and saved["labels"] is None
     res = run("validate", built, "-s", "3,5", "--seeds", "1", "--topk", "1", "--tail-correction", "0", "--min-r2", "0.9999")
     assert res.exit_code == 1 and "FAIL" in res.output
 
@@ -62,6 +63,7 @@ def test_build_info_sample_validate(tmp_path, built):
     (["build", "--limit", "10", "--scales", "3", "--memory", "lots", "--out", "{new}"], "--memory 'lots'"),
     (["build", "--limit", "10", "--dataset", "mnist", "--root", "{tmp}", "--scales", "3", "--out", "{new}"], ""),
     (["validate", "{trunc}"], "truncated or corrupted"),
+    (["validate", "{f}", "-s", "3,5", "--json-out", "{tmp}/no/such/dir/v.json"], "does not exist; create it"),
     (["build", "--limit", "10", "--scales", "3", "--add", "--machine", "els", "--out", "{f}"], "another dataset"),
 ])
 def test_bad_inputs_one_line_exit_2(tmp_path, built, args, message):
