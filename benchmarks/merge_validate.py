@@ -21,20 +21,22 @@ import click
 FREE = {"batch_size"}
 
 
-def merge(paths: list[Path]) -> tuple[dict[int, float], list[dict]]:
-    """Per-seed r^2 over all runs, and the runs (for their timings). Exits with one line on a mismatch."""
+def merge(paths: list[Path]) -> tuple[dict[int, tuple[float, object]], list[dict]]:
+    """Per-seed (r^2, label) over all runs, and the runs (for their timings). Exits with one line on a
+    mismatch. The label is "?" for runs written before validate recorded labels."""
     runs = [json.loads(p.read_text()) | {"path": str(p)} for p in paths]
     fixed = [{k: v for k, v in run["settings"].items() if k not in FREE} for run in runs]
     for run, settings in zip(runs[1:], fixed[1:]):
         if settings != fixed[0]:
             diff = sorted(k for k in settings.keys() | fixed[0].keys() if settings.get(k) != fixed[0].get(k))
             sys.exit(f"{run['path']} differs from {runs[0]['path']} in {', '.join(diff)}; merge runs of one setting only")
-    per_seed: dict[int, float] = {}
+    per_seed: dict[int, tuple[float, object]] = {}
     for run in runs:
-        for seed, r2 in zip(run["seeds"], run["r2"]):
+        labels = run.get("labels") or ([None] * len(run["seeds"]) if run["settings"].get("label") is None else None)
+        for j, (seed, r2) in enumerate(zip(run["seeds"], run["r2"])):
             if seed in per_seed:
                 sys.exit(f"seed {seed} is in more than one run ({run['path']}); merge disjoint seeds only")
-            per_seed[seed] = r2
+            per_seed[seed] = (r2, "?" if labels is None else labels[j])
     return dict(sorted(per_seed.items())), runs
 
 
@@ -46,11 +48,11 @@ def main(runs: tuple[Path, ...], min_r2: float) -> None:
     per_seed, loaded = merge(list(runs))
     settings = {k: v for k, v in loaded[0]["settings"].items() if k not in FREE}
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "schedule"))
-    print("| seed | r^2 |")
-    print("|---|---|")
-    for seed, r2 in per_seed.items():
-        print(f"| {seed} | {r2:.5f} |")
-    values = list(per_seed.values())
+    print("| seed | label | r^2 |")
+    print("|---|---|---|")
+    for seed, (r2, label) in per_seed.items():
+        print(f"| {seed} | {'-' if label is None else label} | {r2:.5f} |")
+    values = [r2 for r2, _ in per_seed.values()]
     above = sum(v >= min_r2 for v in values)
     print(f"seeds {len(values)}: median r^2 {statistics.median(values):.5f}, min {min(values):.5f}, "
           f"{above}/{len(values)} at or above {min_r2}")
