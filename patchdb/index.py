@@ -274,21 +274,26 @@ def tune(index: faiss.Index, queries: np.ndarray, kth: np.ndarray, true_dist: Ca
 
     ``kth`` (m,) are the true k-th distances; ``true_dist(ids)`` gives exact distances of found ids
     (inf for -1), as the engine's exact re-rank sees them. The cost of a pair is its search plus that
-    re-rank (``ms_per_query``), since a larger factor moves work from the lists to the re-rank. When no
-    pair reaches ``target``, the one with the best recall is kept and a warning names the shortfall.
+    re-rank (``ms_per_query``), since a larger factor moves work from the lists to the re-rank, so the
+    first nprobe that reaches ``target`` (often with a large factor) is not where the search stops. When
+    no pair reaches ``target``, the one with the best recall is kept and a warning names the shortfall.
     """
     ivf = _ivf(index)
     curve = []
     nprobes = [0] if ivf is None else [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p <= ivf.nlist]
     for nprobe in nprobes:
+        level = []
         for factor in K_FACTORS:
             start = time.perf_counter()
             _, ids = search(index, queries, k * factor, nprobe)
             dist = true_dist(ids)
             ms = 1e3 * (time.perf_counter() - start) / len(queries)
-            rec = recall_at(dist, kth, k)
-            curve.append({"nprobe": nprobe, "k_factor": factor, "recall": rec, "ms_per_query": ms})
-        if any(c["recall"] >= target for c in curve):
+            level.append({"nprobe": nprobe, "k_factor": factor, "recall": recall_at(dist, kth, k), "ms_per_query": ms})
+        curve += level
+        # Stop once a pair reaches the target and this nprobe's cheapest pair already costs more than it:
+        # more lists cost more, so a pair with a smaller factor at a larger nprobe can no longer win.
+        good = [c["ms_per_query"] for c in curve if c["recall"] >= target]
+        if good and min(c["ms_per_query"] for c in level) >= min(good):
             break
     good = [c for c in curve if c["recall"] >= target]
     best = min(good, key=lambda c: c["ms_per_query"]) if good else max(curve, key=lambda c: c["recall"])
