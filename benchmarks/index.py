@@ -8,6 +8,7 @@ Prints markdown tables. Run with ``OMP_NUM_THREADS`` set to the cores you mean t
     python benchmarks/index.py recall FILE
     python benchmarks/index.py scan-cap FILE --sizes 3,5,7 --caps 0,1,0.5,0.25
     python benchmarks/index.py class-search --limit 10000 --k 9 --classes 0,7
+    python benchmarks/index.py tune --limit 10000 --k 9
 
 ``build`` runs one ``patchdb build`` subprocess per patch size, so each size's peak memory (max RSS)
 is its own; ``speed`` times one denoiser call per distinct size at the noise level of its steps and
@@ -302,6 +303,37 @@ def class_search(dataset, root, limit, k, classes, queries, repeat):
     print("|---|---|---|---|---|---|---|")
     for c, n, name, nprobe, factor, rec, ms in rows:
         print(f"| {c} | {n:,} | {name} | {nprobe} | {factor} | {rec:.3f} | {ms:.2f} |")
+
+
+
+@cli.command("tune")
+@click.option("--dataset", default="fashion-mnist")
+@click.option("--root", default="../shared/data/fashion-mnist")
+@click.option("--limit", type=int, default=10000)
+@click.option("--k", "k", type=int, default=9, help="Patch size (its interior family is tuned).")
+@click.option("--extra-nprobe", default="512,1024,2048", help="nprobe values past the tuner's grid to measure recall at.")
+def tune_grid(dataset, root, limit, k, extra_nprobe):
+    """What the build-time tuner picks for one interior family, its whole curve (recall@64 and search +
+    re-rank ms/query per nprobe x re-rank factor), and recall past its grid."""
+    data = load_dataset(dataset, root=root, limit=limit)
+    entry = next(e for e in entries_for("bbels", k, data.height, data.width) if e.family == "interior")
+    config = BuildConfig(machine="bbels", sizes=(k,))
+    index, tuning, plan, seconds, _ = _build_one(data.images, k, entry.cand_pos[0], config)
+    print(f"{plan.key}, {len(data):,} images, k={k}, build {seconds:.1f} s: tuner picks nprobe {tuning['nprobe']} x "
+          f"factor {tuning['k_factor']}, recall@64 {tuning['recall']:.3f}, {tuning['ms_per_query']:.2f} ms/query")
+    print("| nprobe | factor | recall@64 | search + re-rank ms/query |")
+    print("|---|---|---|---|")
+    for c in tuning["curve"]:
+        print(f"| {c['nprobe']} | {c['k_factor']} | {c['recall']:.3f} | {c['ms_per_query']:.2f} |")
+    queries, kth, true_dist = recall_probe(data.images, k, entry.cand_pos[:1], config,
+                                           max(1, CHUNK_ELEMENTS // (entry.per_image * k * k)))
+    for nprobe in (int(v) for v in extra_nprobe.split(",") if v):
+        for factor in (8, 16, 32):
+            start = time.perf_counter()
+            _, ids = fx.search(index, queries, 64 * factor, nprobe)
+            dist = true_dist(ids)
+            ms = 1e3 * (time.perf_counter() - start) / len(queries)
+            print(f"| {nprobe} | {factor} | {fx.recall_at(dist, kth, 64):.3f} | {ms:.2f} |")
 
 
 if __name__ == "__main__":
