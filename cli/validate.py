@@ -12,7 +12,8 @@ from patchdb.indexfile import open_index
 from patchdb.schedule import parse_schedule
 from patchdb.score import make_denoiser
 from patchdb.score.approx import DEFAULT_SCAN_CAP, DEFAULT_TOPK, validate_engines
-from patchdb.store import atomic_write, check_writable
+from patchdb.spec import Machine
+from patchdb.store import ExactSamples, atomic_write, check_writable
 
 from .options import DTYPES, resolve_device
 
@@ -37,8 +38,11 @@ from .options import DTYPES, resolve_device
 @click.option("--device", default="cpu", help="Where the exact engine runs (cpu, cuda, auto); FAISS search stays on the CPU.")
 @click.option("--min-r2", type=click.FloatRange(0, 1), default=0.99, help="Exit 1 when the median r^2 is below this.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the full report as JSON.")
+@click.option("--exact-samples", type=click.Path(dir_okay=False), default=None,
+              help="HDF5 file of exact samples: seeds it holds are not recomputed, new ones are added (the exact engine "
+                   "is the slow half; keep its samples to compare other approximate settings against them).")
 def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, nprobe, ef, k_factor, tail_correction,
-            scan_cap, dtype, device, min_r2, json_out):
+            scan_cap, dtype, device, min_r2, json_out, exact_samples):
     """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
     if json_out:
         json_out = check_writable(json_out)  # now, not after hours of exact sampling
@@ -47,11 +51,15 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
         sched = parse_schedule(schedule)
         approx = make_denoiser(machine, sched, index=f, topk=topk, nprobe=nprobe, ef=ef, k_factor=k_factor,
                                tail_samples=tail_correction, dtype=DTYPES[dtype], scan_cap=scan_cap)
-        exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=resolve_device(device))
+        dev = resolve_device(device)
+        exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=dev)
+        cache = None if exact_samples is None else ExactSamples(exact_samples, {
+            "fingerprint": f.fingerprint, "machine": Machine.parse(machine).value, "schedule": list(sched.sizes),
+            "dtype": dtype, "device": str(dev), "shape": [f.channels, f.height, f.width]})
         seeds = list(range(seed, seed + num_seeds))
         labels = sample_labels(num_seeds, label, len(f.meta["classes"]), seed)
         report = validate_engines(exact, approx, seeds, (f.channels, f.height, f.width), sched.steps, labels,
-                                  batch_size, progress=True)
+                                  batch_size, progress=True, exact_samples=cache)
     click.echo(f"{'step':>4} {'t':>5} {'k':>3} {'max|dD| med':>12} {'max|dD| max':>12} {'ignored bound':>14} {'tail share':>11}")
     for s in report["steps"]:
         click.echo(f"{s['step']:>4} {s['t']:>5.2f} {s['k']:>3} {s['max_abs_diff_median']:>12.2e} {s['max_abs_diff_max']:>12.2e} "
@@ -61,13 +69,15 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
     sec = report["seconds_per_sample"]
     click.echo(f"median r^2 {report['r2_median']:.5f} (min {report['r2_min']:.5f}) over {num_seeds} seeds; "
                f"exact {sec['exact']:.2f} s/sample, approx {sec['approx']:.2f} s/sample, speedup {report['speedup']:.1f}x")
+    if report["exact_reused"]:
+        click.echo(f"exact samples of {report['exact_reused']} seeds read from {exact_samples} (their stored times counted)")
     if json_out:
         report["labels"] = None if labels is None else labels.tolist()  # per seed, as sampled
         with atomic_write(json_out) as tmp, open(tmp, "w") as fh:
             json.dump({**report, "settings": {"file": file, "machine": machine, "schedule": list(sched.sizes), "label": label,
                                               "topk": topk, "nprobe": nprobe, "k_factor": k_factor,
                                               "tail_correction": tail_correction, "scan_cap": scan_cap,
-                                              "batch_size": batch_size}}, fh, indent=2)
+                                              "batch_size": batch_size, "exact_samples": exact_samples}}, fh, indent=2)
     if report["r2_median"] < min_r2:
         click.echo(f"FAIL: median r^2 {report['r2_median']:.5f} < --min-r2 {min_r2}", err=True)
         sys.exit(1)

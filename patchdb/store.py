@@ -156,3 +156,64 @@ def read_samples(path: str | os.PathLike) -> dict:
         out = {name: f[name][()] for name in f}
         out["metadata"] = metadata(f)
     return out
+
+
+EXACT_CACHE_FORMAT = "patchdb-exact-samples"
+EXACT_CACHE_VERSION = 1
+
+
+class ExactSamples:
+    """Exact-engine samples kept between ``patchdb validate`` runs, so that each seed's exact sample (the
+    expensive half: ~20 min per unconditional sample at N = 60,000 on one core) is computed once and
+    later approximate settings are compared against it.
+
+    One HDF5 file (``format = patchdb-exact-samples``): ``seeds`` (B,), ``labels`` (B,) (-1:
+    unconditional), ``samples`` (B, C, H, W) and ``trajectory`` (S, B, C, H, W) in the dtype they were
+    computed in, ``seconds`` (B,) each seed's share of its batch's exact time, and ``metadata`` = the
+    ``key`` (index fingerprint, machine, schedule, dtype, device, ...) they are only valid for. Rewritten
+    atomically after every batch, so a killed run keeps the batches it finished.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: dict):
+        self.path = check_writable(path)
+        self.key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back
+        self.entries: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, float]] = {}
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        with open_checked(self.path, EXACT_CACHE_FORMAT, EXACT_CACHE_VERSION) as f:
+            found = metadata(f)
+            if found != self.key:
+                diff = sorted(k for k in found.keys() | self.key.keys() if found.get(k) != self.key.get(k))
+                raise PatchdbError(f"{self.path} holds exact samples for other settings ({', '.join(diff)} differ); "
+                                   "pass another --exact-samples path")
+            traj = torch.from_numpy(f["trajectory"][()])
+            samples = torch.from_numpy(f["samples"][()])
+            for j, (seed, label, sec) in enumerate(zip(f["seeds"][()], f["labels"][()], f["seconds"][()])):
+                self.entries[(int(seed), int(label))] = (traj[:, j], samples[j], float(sec))
+
+    @staticmethod
+    def _keys(seeds, labels) -> list[tuple[int, int]]:
+        labs = [-1] * len(seeds) if labels is None else [int(v) for v in labels]
+        return [(int(s), lab) for s, lab in zip(seeds, labs)]
+
+    def lookup(self, seeds, labels) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """(trajectory (S, b, ...), samples (b, ...), seconds) if every (seed, label) is stored, else None."""
+        keys = self._keys(seeds, labels)
+        if not all(k in self.entries for k in keys):
+            return None
+        got = [self.entries[k] for k in keys]
+        return torch.stack([g[0] for g in got], 1), torch.stack([g[1] for g in got]), sum(g[2] for g in got)
+
+    def store(self, seeds, labels, trajectory: torch.Tensor, samples: torch.Tensor, seconds: float) -> None:
+        keys = self._keys(seeds, labels)
+        for j, k in enumerate(keys):
+            self.entries[k] = (trajectory[:, j].detach().cpu(), samples[j].detach().cpu(), seconds / len(keys))
+        order = sorted(self.entries)
+        with atomic_h5(self.path, EXACT_CACHE_FORMAT, EXACT_CACHE_VERSION, self.key) as f:
+            f.create_dataset("seeds", data=np.array([k[0] for k in order], dtype=np.int64))
+            f.create_dataset("labels", data=np.array([k[1] for k in order], dtype=np.int64))
+            f.create_dataset("samples", data=torch.stack([self.entries[k][1] for k in order]).numpy())
+            f.create_dataset("trajectory", data=torch.stack([self.entries[k][0] for k in order], 1).numpy())
+            f.create_dataset("seconds", data=np.array([self.entries[k][2] for k in order]))

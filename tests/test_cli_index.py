@@ -101,3 +101,21 @@ def test_kill_9_leaves_nothing_info_accepts_and_rerun_completes(tmp_path):
     res = run("build", "--limit", "300", "--scales", "3,5,7,9", "--out", out)
     assert res.exit_code == 0, res.output
     assert run("info", out).exit_code == 0 and not partial.exists()
+
+
+def test_validate_keeps_exact_samples_and_reuses_them(tmp_path):
+    small = tmp_path / "small.h5"
+    assert run("build", "--limit", "3", "--scales", "3,5", "--out", small).exit_code == 0
+    keep, first, again = tmp_path / "exact.h5", tmp_path / "a.json", tmp_path / "b.json"
+    common = ["validate", small, "-s", "3,5", "--seeds", "2", "-b", "1", "--topk", "4", "--min-r2", "0", "--exact-samples", keep]
+    res = run(*common, "--json-out", first)
+    assert res.exit_code == 0 and "read from" not in res.output, res.output
+    with h5py.File(keep) as h5:
+        assert list(h5["seeds"][()]) == [0, 1] and h5["trajectory"].shape == (2, 2, 1, 32, 32)
+    res = run(*common, "--json-out", again)
+    assert res.exit_code == 0 and "exact samples of 2 seeds read from" in res.output, res.output
+    a, b = json.loads(first.read_text()), json.loads(again.read_text())
+    assert a["r2"] == b["r2"] and b["exact_reused"] == 2 and a["exact_reused"] == 0
+    assert [s["max_abs_diff_max"] for s in a["steps"]] == [s["max_abs_diff_max"] for s in b["steps"]]
+    res = run("validate", small, "-s", "5,3", "--seeds", "1", "--exact-samples", keep)
+    assert res.exit_code == 2 and "holds exact samples for other settings (schedule differ)" in res.output
