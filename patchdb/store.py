@@ -171,7 +171,9 @@ class ExactSamples:
     unconditional), ``samples`` (B, C, H, W) and ``trajectory`` (S, B, C, H, W) in the dtype they were
     computed in, ``seconds`` (B,) each seed's share of its batch's exact time, and ``metadata`` = the
     ``key`` (index fingerprint, machine, schedule, dtype, device, ...) they are only valid for. Rewritten
-    atomically after every batch, so a killed run keeps the batches it finished.
+    atomically after every batch, so a killed run keeps the batches it finished; the file is read again
+    just before each rewrite, so runs side by side on one file keep each other's seeds (barring two
+    rewrites within the same moment).
     """
 
     def __init__(self, path: str | os.PathLike, key: dict):
@@ -207,6 +209,9 @@ class ExactSamples:
         return torch.stack([g[0] for g in got], 1), torch.stack([g[1] for g in got]), sum(g[2] for g in got)
 
     def store(self, seeds, labels, trajectory: torch.Tensor, samples: torch.Tensor, seconds: float) -> None:
+        """Add a batch and rewrite the file, first merging what another run may have added since we read it."""
+        if self.path.exists():
+            self._load()
         keys = self._keys(seeds, labels)
         for j, k in enumerate(keys):
             self.entries[k] = (trajectory[:, j].detach().cpu(), samples[j].detach().cpu(), seconds / len(keys))

@@ -119,3 +119,24 @@ def test_validate_keeps_exact_samples_and_reuses_them(tmp_path):
     assert [s["max_abs_diff_max"] for s in a["steps"]] == [s["max_abs_diff_max"] for s in b["steps"]]
     res = run("validate", small, "-s", "5,3", "--seeds", "1", "--exact-samples", keep)
     assert res.exit_code == 2 and "holds exact samples for other settings (schedule differ)" in res.output
+
+
+def test_exact_samples_side_by_side_runs_keep_each_others_seeds(tmp_path):
+    import torch
+
+    from patchdb.errors import PatchdbError
+    from patchdb.store import ExactSamples
+
+    key = {"fingerprint": "x", "schedule": [3, 5]}
+    path = tmp_path / "exact.h5"
+    one, two = ExactSamples(path, key), ExactSamples(path, key)  # both opened before either wrote
+    traj = torch.arange(2 * 2 * 4, dtype=torch.float32).view(2, 2, 1, 2, 2)
+    one.store([0, 1], None, traj, traj[-1], 2.0)
+    two.store([5], torch.tensor([3]), traj[:, :1] + 100, traj[-1, :1] + 100, 1.5)
+    again = ExactSamples(path, key)
+    assert sorted(again.entries) == [(0, -1), (1, -1), (5, 3)]
+    got = again.lookup([0, 1], None)
+    assert torch.equal(got[0], traj) and torch.equal(got[1], traj[-1]) and got[2] == 2.0
+    assert again.lookup([5], None) is None and again.lookup([5], [3])[2] == 1.5
+    with pytest.raises(PatchdbError, match="other settings"):
+        ExactSamples(path, {**key, "schedule": [3, 7]})
