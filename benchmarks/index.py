@@ -251,11 +251,20 @@ def _build_one(images: torch.Tensor, k: int, cand_pos: torch.Tensor, config) -> 
     return index, tuning, plan, seconds, nbytes
 
 
+def _one_family(command):
+    """Options of the commands that build one interior family: dataset, root, first N images, patch size."""
+    for option in reversed([
+        click.option("--dataset", default="fashion-mnist"),
+        click.option("--root", default="../shared/data/fashion-mnist"),
+        click.option("--limit", type=int, default=10000, help="First N images of the training split."),
+        click.option("--k", "k", type=int, default=9, help="Patch size (its interior family is used)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @cli.command("class-search")
-@click.option("--dataset", default="fashion-mnist")
-@click.option("--root", default="../shared/data/fashion-mnist")
-@click.option("--limit", type=int, default=10000)
-@click.option("--k", "k", type=int, default=9, help="Patch size (its interior family is measured).")
+@_one_family
 @click.option("--classes", default="0,7", help="Classes whose conditional queries are timed.")
 @click.option("--queries", type=int, default=100)
 @click.option("--repeat", type=int, default=3, help="Timings per variant; the median is printed.")
@@ -305,12 +314,8 @@ def class_search(dataset, root, limit, k, classes, queries, repeat):
         print(f"| {c} | {n:,} | {name} | {nprobe} | {factor} | {rec:.3f} | {ms:.2f} |")
 
 
-
 @cli.command("tune")
-@click.option("--dataset", default="fashion-mnist")
-@click.option("--root", default="../shared/data/fashion-mnist")
-@click.option("--limit", type=int, default=10000)
-@click.option("--k", "k", type=int, default=9, help="Patch size (its interior family is tuned).")
+@_one_family
 @click.option("--extra-nprobe", default="512,1024,2048", help="nprobe values past the tuner's grid to measure recall at.")
 def tune_grid(dataset, root, limit, k, extra_nprobe):
     """What the build-time tuner picks for one interior family, its whole curve (recall@64 and search +
