@@ -36,14 +36,13 @@ from patchdb.data import load_dataset
 from patchdb.indexfile import (
     CHUNK_ELEMENTS,
     BuildConfig,
-    _tune,
+    Entry,
+    _build_entry,
     blank_mask,
     entries_for,
     lit_integral,
     open_index,
     recall_probe,
-    sample_vectors,
-    vector_chunks,
 )
 from patchdb.schedule import alpha_sigma, parse_schedule
 from patchdb.score import make_denoiser
@@ -230,25 +229,22 @@ def scan_cap(file, schedule, sizes, caps, tail):
 
 
 def _build_one(images: torch.Tensor, k: int, cand_pos: torch.Tensor, config) -> tuple:
-    """One interior index over ``images`` as ``patchdb build`` makes it (auto key, trained on a sample,
-    filled in chunks, tuned to recall@K 0.95), then with blank windows taken out as the engine does on load.
-    Returns (index, tuning, plan, build seconds, serialized bytes)."""
-    n, d = images.shape[0] * len(cand_pos), images.shape[1] * k * k  # cand_pos (L,)
-    start = time.perf_counter()
-    plan = fx.choose_key(n, d, config.memory_bytes)
-    index = fx.new_index(plan.key, d)
-    if plan.ntrain:
-        sample, _ = sample_vectors(images, k, cand_pos.view(1, -1), plan.ntrain, config.seed + k)
-        index = fx.train(plan.key, sample)
-    chunk_images = max(1, CHUNK_ELEMENTS // (len(cand_pos) * d))
-    fx.add_chunks(index, vector_chunks(images, k, cand_pos, chunk_images), n, f"k={k} n={n:,}", progress=False)
-    tuning = _tune(index, plan.key, images, k, cand_pos.view(1, -1), config, chunk_images)
-    seconds = time.perf_counter() - start
-    nbytes = len(fx.serialize(index))
+    """One interior index over ``images``, made by the builder's own ``_build_entry`` (auto key, trained on
+    a sample, filled in chunks, tuned to recall@K 0.95, written as a piece) and read back, then with blank
+    windows taken out as the engine does on load. ``cand_pos`` (L,).
+    Returns (index, tuning, index key, build seconds, stored bytes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        info = _build_entry(images, k, Entry("interior", cand_pos.view(1, -1), True), config, Path(tmp) / "piece", False)
+        piece = Path(tmp) / "piece_g0.faiss"
+        nbytes = piece.stat().st_size
+        index = fx.deserialize(np.fromfile(piece, dtype=np.uint8))
+    chosen = [c for c in info["recall_curve"] if (c["nprobe"], c["k_factor"]) == (info["nprobe"], info["k_factor"])]
+    tuning = {"nprobe": info["nprobe"], "k_factor": info["k_factor"], "recall": info["recall"],
+              "curve": info["recall_curve"], "ms_per_query": chosen[0]["ms_per_query"] if chosen else 0.0}
     if fx._ivf(index) is not None:
         mask = blank_mask(lit_integral(images), images.shape[2], images.shape[3], k, cand_pos)
         fx.remove_ids(index, mask.reshape(-1).numpy())
-    return index, tuning, plan, seconds, nbytes
+    return index, tuning, info["plan"]["key"], info["seconds"], nbytes
 
 
 def _one_family(command):
@@ -279,8 +275,8 @@ def class_search(dataset, root, limit, k, classes, queries, repeat):
     config = BuildConfig(machine="bbels", sizes=(k,), recall_queries=queries)
     bounds = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(labels, minlength=len(data.classes)).cumsum(0)])
 
-    whole, wt, wplan, wsec, wbytes = _build_one(images, k, cand, config)
-    print(f"whole: {wplan.key}, {len(images):,} images, build {wsec:.1f} s, {wbytes / 2**20:.1f} MiB, "
+    whole, wt, wkey, wsec, wbytes = _build_one(images, k, cand, config)
+    print(f"whole: {wkey}, {len(images):,} images, build {wsec:.1f} s, {wbytes / 2**20:.1f} MiB, "
           f"tuned nprobe {wt['nprobe']} x factor {wt['k_factor']} (recall@64 {wt['recall']:.3f} unconditional)", flush=True)
     per_class_sec, per_class_bytes = 0.0, 0
     rows = []
@@ -288,15 +284,15 @@ def class_search(dataset, root, limit, k, classes, queries, repeat):
     for c in range(len(data.classes)):
         lo, hi = int(bounds[c]), int(bounds[c + 1])
         sub = images[lo:hi]
-        index, tuning, plan, sec, nbytes = _build_one(sub, k, cand, config)
+        index, tuning, key, sec, nbytes = _build_one(sub, k, cand, config)
         per_class_sec += sec
         per_class_bytes += nbytes
         if c not in wanted:
             continue
-        q, kth, true_dist = recall_probe(sub, k, cand.view(1, -1), config, max(1, 4096 // per_image))
+        q, kth, true_dist = recall_probe(sub, k, cand.view(1, -1), config, max(1, CHUNK_ELEMENTS // (per_image * k * k)))
         variants = (
             ("id range in whole", whole, wt, (lo * per_image, hi * per_image), lo * per_image),
-            (f"class index {plan.key}", index, tuning, None, 0),
+            (f"class index {key}", index, tuning, None, 0),
         )
         for name, idx, tun, id_range, offset in variants:
             times = []
@@ -323,8 +319,8 @@ def tune_grid(dataset, root, limit, k, extra_nprobe):
     data = load_dataset(dataset, root=root, limit=limit)
     entry = next(e for e in entries_for("bbels", k, data.height, data.width) if e.family == "interior")
     config = BuildConfig(machine="bbels", sizes=(k,))
-    index, tuning, plan, seconds, _ = _build_one(data.images, k, entry.cand_pos[0], config)
-    print(f"{plan.key}, {len(data):,} images, k={k}, build {seconds:.1f} s: tuner picks nprobe {tuning['nprobe']} x "
+    index, tuning, key, seconds, _ = _build_one(data.images, k, entry.cand_pos[0], config)
+    print(f"{key}, {len(data):,} images, k={k}, build {seconds:.1f} s: tuner picks nprobe {tuning['nprobe']} x "
           f"factor {tuning['k_factor']}, recall@64 {tuning['recall']:.3f}, {tuning['ms_per_query']:.2f} ms/query")
     print("| nprobe | factor | recall@64 | search + re-rank ms/query |")
     print("|---|---|---|---|")

@@ -423,9 +423,10 @@ def validate_engines(exact, approx: ApproxMachine, seeds: list[int], shape: tupl
                 continue
             t0 = time.perf_counter()
             runs[name] = ddim_sample(engine, noise, steps, lab, keep_trajectory=True, progress=progress)
-            seconds[name] += time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            seconds[name] += elapsed
             if name == "exact" and exact_samples is not None:
-                exact_samples.store(chunk, lab, runs[name].trajectory, runs[name].samples, time.perf_counter() - t0)
+                exact_samples.store(chunk, lab, runs[name].trajectory, runs[name].samples, elapsed)
         reports = approx.reports[-steps:]
         diffs.append((runs["approx"].trajectory - runs["exact"].trajectory).abs().flatten(2).amax(2))  # (S, b)
         bounds.append(torch.tensor([r.bound_max for r in reports]))
