@@ -38,11 +38,11 @@ from patchdb.indexfile import (
     BuildConfig,
     Entry,
     _build_entry,
-    blank_mask,
     entries_for,
     lit_integral,
     open_index,
     recall_probe,
+    take_out_blanks,
 )
 from patchdb.schedule import alpha_sigma, parse_schedule
 from patchdb.score import make_denoiser
@@ -242,8 +242,7 @@ def _build_one(images: torch.Tensor, k: int, cand_pos: torch.Tensor, config) -> 
     tuning = {"nprobe": info["nprobe"], "k_factor": info["k_factor"], "recall": info["recall"],
               "curve": info["recall_curve"], "ms_per_query": chosen[0]["ms_per_query"] if chosen else 0.0}
     if fx._ivf(index) is not None:
-        mask = blank_mask(lit_integral(images), images.shape[2], images.shape[3], k, cand_pos)
-        fx.remove_ids(index, mask.reshape(-1).numpy())
+        take_out_blanks(index, lit_integral(images), images.shape[2], images.shape[3], k, cand_pos, where=f"k={k}")
     return index, tuning, info["plan"]["key"], info["seconds"], nbytes
 
 

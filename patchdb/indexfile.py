@@ -218,6 +218,27 @@ def blank_mask(integral: torch.Tensor, height: int, width: int, k: int, cand_pos
     return (at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)) == 0
 
 
+def take_out_blanks(index, integral: torch.Tensor, height: int, width: int, k: int, cand_pos: torch.Tensor,
+                    where: str = "index") -> Blanks | None:
+    """Remove the blank windows (:func:`blank_mask`) from an IVF index over windows at ``cand_pos`` (L,);
+    None for a Flat index (ids are positions, nothing is taken out) or when no window is blank.
+    On black-background data blank windows are a large share of all windows (28% at k = 3 on
+    Fashion-MNIST), all in one inverted list, which every query near black scans whole: taking them
+    out halves the k = 3 search (see README)."""
+    if fx._ivf(index) is None:
+        return None
+    mask = blank_mask(integral, height, width, k, cand_pos)  # (N, L)
+    if not bool(mask.any()):
+        return None
+    flat = mask.reshape(-1)
+    removed = fx.remove_ids(index, flat.numpy())
+    if removed != int(flat.sum()):
+        raise PatchdbError(f"{where}: the index holds {removed} of its {int(flat.sum())} blank windows; "
+                           "the file is inconsistent, rebuild it with patchdb build")
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
+    return Blanks(flat, cumulative, int(flat.nonzero()[0]))
+
+
 def entries_for(machine: Machine, k: int, height: int, width: int) -> list[Entry]:
     geom = geometry(machine, k, height, width)
     return [Entry(grp.family, grp.cand_pos.clone(), grp.family not in EXACT_FAMILIES) for grp in geom.groups]
@@ -581,23 +602,13 @@ class IndexFile:
         return self._blanks[(k, i, g)]
 
     def _take_out_blanks(self, index, k: int, i: int, g: int) -> Blanks | None:
-        """Remove blank windows from a freshly loaded IVF sub-index. On black-background data they are a
-        large share of all windows (28% at k = 3 on Fashion-MNIST), all in one inverted list, which every
-        query near black scans whole: taking them out halves the k = 3 search (see README)."""
+        """Remove blank windows from a freshly loaded IVF sub-index (:func:`take_out_blanks`)."""
         if fx._ivf(index) is None:
             return None
         if self._lit is None:
             self._lit = lit_integral(self.images())
-        mask = blank_mask(self._lit, self.height, self.width, k, self.entries(k)[i].cand_pos[g])  # (N, L)
-        if not bool(mask.any()):
-            return None
-        flat = mask.reshape(-1)
-        removed = fx.remove_ids(index, flat.numpy())
-        if removed != int(flat.sum()):
-            raise PatchdbError(f"{self.path} size {k}: the index holds {removed} of its {int(flat.sum())} blank windows; "
-                               "the file is inconsistent, rebuild it with patchdb build")
-        cumulative = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
-        return Blanks(flat, cumulative, int(flat.nonzero()[0]))
+        return take_out_blanks(index, self._lit, self.height, self.width, k, self.entries(k)[i].cand_pos[g],
+                               where=f"{self.path} size {k}")
 
     def loaded_sizes(self) -> list[int]:
         """Patch sizes with sub-indexes in memory, least recently used first."""
