@@ -3,7 +3,7 @@
 Each seed's r^2 between the approximate and the exact final sample depends only on its noise (and
 its label, seed mod C with `--label all`), not on the batch it ran in, so runs over seeds 0-4, 5-9,
 ... merge into what one run over 0-9 would give. Runs must agree on every setting except the batch
-size; seconds per sample are listed per run (they depend on the batch and on what else ran).
+size and the ``--exact-samples`` file; seconds per sample are listed per run (they depend on the batch and on what else ran).
 
     python benchmarks/merge_validate.py RUN.json [RUN.json ...] [--min-r2 0.99]
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import click
 
-#: Settings that may differ between merged runs.
-FREE = {"batch_size"}
+#: Settings that may differ between merged runs: the batch, and where exact samples were kept
+#: (``--exact-samples``: a cache, which changes no number).
+FREE = {"batch_size", "exact_samples"}
 
 
 def merge(paths: list[Path]) -> tuple[dict[int, tuple[float, object]], list[dict]]:
