@@ -41,6 +41,7 @@ from patchdb.indexfile import (
     entries_for,
     lit_integral,
     open_index,
+    piece_path,
     recall_probe,
     take_out_blanks,
 )
@@ -235,7 +236,7 @@ def _build_one(images: torch.Tensor, k: int, cand_pos: torch.Tensor, config) -> 
     Returns (index, tuning, index key, build seconds, stored bytes)."""
     with tempfile.TemporaryDirectory() as tmp:
         info = _build_entry(images, k, Entry("interior", cand_pos.view(1, -1), True), config, Path(tmp) / "piece", False)
-        piece = Path(tmp) / "piece_g0.faiss"
+        piece = piece_path(Path(tmp) / "piece", 0)
         nbytes = piece.stat().st_size
         index = fx.deserialize(np.fromfile(piece, dtype=np.uint8))
     chosen = [c for c in info["recall_curve"] if (c["nprobe"], c["k_factor"]) == (info["nprobe"], info["k_factor"])]

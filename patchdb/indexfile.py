@@ -346,6 +346,11 @@ def _build_size(dataset, k: int, machine: Machine, config: BuildConfig, partial:
         _write_atomic(info_path, json.dumps(info).encode())
 
 
+def piece_path(stem: Path, g: int) -> Path:
+    """The serialized index of sub-group ``g`` that :func:`_build_entry` writes beside ``stem``."""
+    return stem.with_name(f"{stem.name}_g{g}.faiss")
+
+
 def _build_entry(images: torch.Tensor, k: int, entry: Entry, config: BuildConfig, stem: Path, progress: bool) -> dict:
     """Train one index for the family (shared by its sub-groups), fill one copy per sub-group, tune on the first."""
     groups, per_image = entry.cand_pos.shape
@@ -363,7 +368,7 @@ def _build_entry(images: torch.Tensor, k: int, entry: Entry, config: BuildConfig
     chunk_images = max(1, CHUNK_ELEMENTS // (per_image * d))
     tuning, add_seconds = {}, 0.0
     for g in range(groups):
-        piece = stem.with_name(f"{stem.name}_g{g}.faiss")
+        piece = piece_path(stem, g)
         index = fx.new_index(plan.key, d) if trained is None else fx.faiss.clone_index(trained)
         t0 = time.perf_counter()
         desc = f"k={k} {entry.family} {g + 1}/{groups}"
@@ -453,7 +458,7 @@ def _write_size(parent: h5py.Group, k: int, machine: Machine, dataset, partial: 
             info = json.loads((partial / f"k{k}_e{i}.json").read_text())
             sub = e.create_group("index")
             for g in range(entry.cand_pos.shape[0]):
-                sub.create_dataset(str(g), data=np.fromfile(partial / f"k{k}_e{i}_g{g}.faiss", dtype=np.uint8))
+                sub.create_dataset(str(g), data=np.fromfile(piece_path(partial / f"k{k}_e{i}", g), dtype=np.uint8))
         e.attrs["info"] = json.dumps(info)
         infos.append(info)
     grp.attrs["info"] = json.dumps(infos)
