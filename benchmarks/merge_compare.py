@@ -37,7 +37,10 @@ def merge(folders: list[Path]) -> Comparison:
 
 if __name__ == "__main__":
     out, runs = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
-    runs = [p for p in runs if (p / "compare.json").exists()]
+    missing = [str(p) for p in runs if not (p / "compare.json").exists()]
+    if not runs or missing:
+        raise SystemExit(f"no compare.json in {', '.join(missing) or 'no run folder given'}: pass folders written by "
+                         "`patchdb compare --out` (or by this script)")
     cmp = merge(runs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1))
