@@ -4,7 +4,7 @@ Prints markdown tables. Run with ``OMP_NUM_THREADS`` set to the cores you mean t
 2-core machine, 1: oversubscribed OpenMP threads spin and can run 10x slower).
 
     python benchmarks/index.py build --dataset fashion-mnist --root ../shared/data/fashion-mnist --limit 10000
-    python benchmarks/index.py speed FILE --schedule fashion-mnist-resnet-zeros --batch 1 --batch 16
+    python benchmarks/index.py speed FILE --schedule fashion-mnist-resnet-zeros --batch 1 --batch 16 [--sizes 3,7,9,17]
     python benchmarks/index.py recall FILE
     python benchmarks/index.py scan-cap FILE --sizes 3,5,7 --caps 0,1,0.5,0.25
     python benchmarks/index.py class-search --limit 10000 --k 9 --classes 0,7
@@ -132,9 +132,17 @@ def _steps_of(sched, k: int) -> tuple[list[int], float]:
 @click.option("--label", type=int, default=None, help="Class-conditional timing (id-range selector).")
 @click.option("--skip-exact", is_flag=True, help="Time only the approximate engine.")
 @click.option("--scan-cap", type=float, default=DEFAULT_SCAN_CAP, show_default=True, help="The engine's scan cap (0: none).")
-def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap):
+@click.option("--sizes", default=None, help="Time only these of the schedule's sizes (e.g. 3,7,9,17), to split one "
+              "long run over processes; the sample row then sums only their steps. Default: all.")
+def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, sizes):
     """Per-sample time (sum of one denoiser call per step) exact vs approximate, in one run."""
     sched = parse_schedule(schedule)
+    timed = sched.distinct()
+    if sizes:
+        timed = [int(v) for v in sizes.split(",")]
+        unknown = sorted(set(timed) - set(sched.distinct()))
+        if unknown:
+            raise click.UsageError(f"--sizes {unknown} not in the schedule {sched.name} (its sizes: {sched.distinct()})")
     with open_index(file) as f:
         f.cache_bytes = 0  # one size's indexes in memory at a time (N = 60,000: 20 GB for all sizes)
         data = f.images().float() / 127.5 - 1
@@ -146,7 +154,7 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap):
         for batch in batches:
             totals = {"exact": 0.0, "approx": 0.0}
             setup, loads = {}, {}
-            for k in sched.distinct():
+            for k in timed:
                 steps, t = _steps_of(sched, k)
                 x = _x_at(t, data, batch, seed=k)
                 labels = None if label is None else torch.full((batch,), label)
@@ -171,14 +179,16 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap):
                 sp = f"{row['exact'] / row['approx']:.1f}x" if "exact" in row else "-"
                 print(f"| {n} | {batch} | {label} | {k} | {t:.2f} | {ex} | {row['approx']:.2f} | {sp} |", flush=True)
             per = {k: v / batch for k, v in totals.items()}
-            print(f"| {n} | {batch} | {label} | **sample** | | {per['exact']:.1f} s | {per['approx']:.1f} s | "
+            covered = sum(len(_steps_of(sched, k)[0]) for k in timed)
+            what = "**sample**" if covered == sched.steps else f"part of a sample (sizes {sizes}: {covered} of {sched.steps} steps)"
+            print(f"| {n} | {batch} | {label} | {what} | | {per['exact']:.1f} s | {per['approx']:.1f} s | "
                   f"{per['exact'] / per['approx'] if per['exact'] else float('nan'):.1f}x |")
             print("approx engine one-time index load per size (not in the per-call times): "
                   + ", ".join(f"k={k}: {v:.1f} s" for k, v in loads.items()))
             if setup:
                 print("exact engine one-time pool sort per size (not in the per-call times): "
                       + ", ".join(f"k={k}: {v:.1f} s" for k, v in setup.items()))
-            print("approx ignored-mass bound per call: " + ", ".join(f"k={r.k}: {r.bound_max:.1e}" for r in approx.reports[-len(sched.distinct()):]))
+            print("approx ignored-mass bound per call: " + ", ".join(f"k={r.k}: {r.bound_max:.1e}" for r in approx.reports[-len(timed):]))
 
 
 @cli.command()
