@@ -36,10 +36,12 @@ def merge(folders: list[Path]) -> Comparison:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit("usage: python benchmarks/merge_compare.py OUT_FOLDER RUN_FOLDER [RUN_FOLDER ...]")
     out, runs = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
     missing = [str(p) for p in runs if not (p / "compare.json").exists()]
-    if not runs or missing:
-        raise SystemExit(f"no compare.json in {', '.join(missing) or 'no run folder given'}: pass folders written by "
+    if missing:
+        raise SystemExit(f"no compare.json in {', '.join(missing)}: pass folders written by "
                          "`patchdb compare --out` (or by this script)")
     cmp = merge(runs)
     out.mkdir(parents=True, exist_ok=True)
