@@ -134,7 +134,8 @@ def _steps_of(sched, k: int) -> tuple[list[int], float]:
 @click.option("--scan-cap", type=float, default=DEFAULT_SCAN_CAP, show_default=True, help="The engine's scan cap (0: none).")
 @click.option("--sizes", default=None, help="Time only these of the schedule's sizes (e.g. 3,7,9,17), to split one "
               "long run over processes; the sample row then sums only their steps. Default: all.")
-def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, sizes):
+@click.option("--k-factor", type=int, default=0, help="Re-rank factor for every size (0: each family's tuned one).")
+def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, sizes, k_factor):
     """Per-sample time (sum of one denoiser call per step) exact vs approximate, in one run."""
     sched = parse_schedule(schedule)
     timed = sched.distinct()
@@ -146,7 +147,8 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, size
     with open_index(file) as f:
         f.cache_bytes = 0  # one size's indexes in memory at a time (N = 60,000: 20 GB for all sizes)
         data = f.images().float() / 127.5 - 1
-        approx = make_denoiser(f.machine, sched, index=f, topk=topk, tail_samples=tail, scan_cap=scan_cap)
+        approx = make_denoiser(f.machine, sched, index=f, topk=topk, tail_samples=tail, scan_cap=scan_cap,
+                               k_factor=k_factor)
         exact = None if skip_exact else make_denoiser(f.machine, sched, index=f, exact=True)
         n = f.meta["count"]
         print("| N | batch | label | k | t | exact s/call | approx s/call | speedup |")
