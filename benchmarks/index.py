@@ -140,7 +140,10 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, size
     sched = parse_schedule(schedule)
     timed = sched.distinct()
     if sizes:
-        timed = [int(v) for v in sizes.split(",")]
+        try:
+            timed = sorted({int(v) for v in sizes.split(",")})  # a size named twice is timed once
+        except ValueError:
+            raise click.UsageError(f"--sizes '{sizes}' is not a comma list of patch sizes, e.g. 3,7,9") from None
         unknown = sorted(set(timed) - set(sched.distinct()))
         if unknown:
             raise click.UsageError(f"--sizes {unknown} not in the schedule {sched.name} (its sizes: {sched.distinct()})")
@@ -156,8 +159,10 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, size
         for batch in batches:
             totals = {"exact": 0.0, "approx": 0.0}
             setup, loads = {}, {}
+            covered = 0  # steps of the schedule the timed sizes make up
             for k in timed:
                 steps, t = _steps_of(sched, k)
+                covered += len(steps)
                 x = _x_at(t, data, batch, seed=k)
                 labels = None if label is None else torch.full((batch,), label)
                 row = {}
@@ -181,7 +186,6 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, size
                 sp = f"{row['exact'] / row['approx']:.1f}x" if "exact" in row else "-"
                 print(f"| {n} | {batch} | {label} | {k} | {t:.2f} | {ex} | {row['approx']:.2f} | {sp} |", flush=True)
             per = {k: v / batch for k, v in totals.items()}
-            covered = sum(len(_steps_of(sched, k)[0]) for k in timed)
             what = "**sample**" if covered == sched.steps else f"part of a sample (sizes {sizes}: {covered} of {sched.steps} steps)"
             print(f"| {n} | {batch} | {label} | {what} | | {per['exact']:.1f} s | {per['approx']:.1f} s | "
                   f"{per['exact'] / per['approx'] if per['exact'] else float('nan'):.1f}x |")
