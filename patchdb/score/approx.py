@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TOPK = 64
 #: Rows x candidates x features per re-rank block (bounds memory, ~4 bytes each, x3 for indices).
 RERANK_ELEMENTS = 8_000_000
-#: Largest x-independent corner / LS terms kept between calls (see ApproxMachine._same_position_terms).
-SAME_POSITION_CACHE_BYTES = 512 * 2**20
+#: x-independent corner / LS terms kept between calls, all sizes together (see
+#: ApproxMachine._same_position_terms): every bbELS size of the Fashion-MNIST schedule at N = 60,000
+#: takes ~0.8 GB.
+SAME_POSITION_CACHE_BYTES = 1024 * 2**20
 #: Default cap on the codes one query window scans, as a multiple of what its nprobe lists hold on
 #: average (:func:`patchdb.index.nominal_codes`). Queries whose lists are balanced barely reach it; on
 #: black-background data a few lists hold most near-dark windows and queries on background would scan
@@ -101,7 +103,7 @@ class ApproxMachine:
         self.source = index.source()
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
-        self._same_pos_cache = None  # (key, norms, centres) of _same_position_terms
+        self._same_pos_cache: dict = {}  # key -> (norms, centres, bytes) of _same_position_terms
 
     # -- the denoiser contract -------------------------------------------------------------
 
@@ -229,22 +231,28 @@ class ApproxMachine:
         """``terms(start, stop)`` -> ``|phi_n|^2`` over each position's clipped box (n, P) and the centres
         (P, n, C) of images start..stop.
 
-        They do not depend on x: kept, for all images, for the last size asked for (consecutive schedule
-        steps share a size) when they take at most ``SAME_POSITION_CACHE_BYTES``; else computed per chunk."""
+        They do not depend on x: kept, for all images, for the sizes asked for most recently (each batch
+        walks the whole schedule) while they take at most ``SAME_POSITION_CACHE_BYTES`` together; a size
+        whose terms alone are larger is computed per chunk."""
 
         def compute(start, stop):
             phi = self._phi(start, stop)
+            img = torch.arange(start, stop).view(1, -1)
             return (box_sums(lambda rs, cs: phi[:, :, rs, cs].square().sum(1), regions, len(pos)),
-                    phi.flatten(2)[:, :, pos].permute(2, 0, 1))
+                    self.source.centres(img, pos.view(-1, 1)))
 
         n = self.n_images
-        if n * len(pos) * (1 + self.source.channels) * 8 > SAME_POSITION_CACHE_BYTES:
+        nbytes = n * len(pos) * (1 + self.source.channels) * 8
+        if nbytes > SAME_POSITION_CACHE_BYTES:
             return compute
         key = (k, tuple(pos.tolist()))  # all images, so that the class ranges of one batch share it
-        if self._same_pos_cache is None or self._same_pos_cache[0] != key:
+        if key not in self._same_pos_cache:
+            # Every size of the schedule comes back once per batch: keep the most recent ones that fit.
+            while self._same_pos_cache and sum(v[2] for v in self._same_pos_cache.values()) + nbytes > SAME_POSITION_CACHE_BYTES:
+                self._same_pos_cache.pop(next(iter(self._same_pos_cache)))
             parts = [compute(s, min(n, s + step)) for s in range(0, n, step)]
-            self._same_pos_cache = (key, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1))
-        _, norms, centres = self._same_pos_cache
+            self._same_pos_cache[key] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1), nbytes)
+        norms, centres, _ = self._same_pos_cache[key]
         return lambda start, stop: (norms[start:stop], centres[:, start:stop])
 
     def _approx(self, q: torch.Tensor, key: tuple[int, int, int], entry: Entry, cand_pos: torch.Tensor,
@@ -284,7 +292,8 @@ class ApproxMachine:
         valid = ids >= 0
         safe = ids.clamp(min=0)
         img, pos = safe // per_image, cand_pos[safe % per_image]
-        logits = window_logits(q, self.source.windows(img, pos, k), a, b).masked_fill_(~valid, -math.inf)
+        dots, norms = self.source.window_terms(q, img, pos, k)
+        logits = expanded_logits(q, dots, norms, a, b).masked_fill_(~valid, -math.inf)
         acc = SoftmaxAccumulator((q.shape[0], 1), self.source.channels, q.dtype, q.device)
         acc.add(logits.clone().unsqueeze(1), with_ones(self.source.centres(img, pos).double()))
         exact = valid.sum(1)  # candidates whose weight is computed exactly: retrieved ...
@@ -297,8 +306,8 @@ class ApproxMachine:
         # Every candidate outside the true top-K weighs at most the K-th weight; if the search found the
         # true top-K (recall 1, e.g. Flat), each ignored candidate is outside it.
         kept = valid.sum(1)
-        ranked = logits.sort(1, descending=True).values
-        kth = ranked.gather(1, (kept.clamp(min=1, max=self.topk) - 1).view(-1, 1))[:, 0]
+        ranked = logits.topk(min(self.topk, logits.shape[1]), dim=1).values  # descending
+        kth = ranked.gather(1, (kept.clamp(min=1, max=ranked.shape[1]) - 1).view(-1, 1))[:, 0]
         log_bound = torch.log((n_total - exact).clamp(min=0).to(q.dtype)) + kth - log_z
         bound = torch.sigmoid(log_bound)  # B / (1 + B) with B = exp(log_bound)
         tail = None
@@ -366,6 +375,14 @@ def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) ->
     in float64 whatever the inputs: written as a difference (no cancellation of large terms), so at
     t = 0.05, where logits reach ~1e3, D stays ~1e-6 exact. Overwrites a float64 ``windows``."""
     return windows.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
+
+
+def expanded_logits(q: torch.Tensor, dots: torch.Tensor, norms: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``-|q_r - a phi_rj|^2 / 2b^2`` (R, P) float64 from ``dots = q_r . phi_rj`` and ``norms = |phi_rj|^2``
+    (:meth:`PatchSource.window_terms`). Expanded, so large terms cancel; in float64 that costs
+    ~1e-16 * |q|^2 / 2b^2, about 1e-11 at t = 0.05 (b = 0.078) for 17 x 17 windows, where logits reach 1e3."""
+    sq = q.double().square().sum(-1, keepdim=True)
+    return dots.mul(2 * a).sub_(norms * (a * a)).sub_(sq).mul_(0.5 / (b * b))
 
 
 def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
