@@ -5,6 +5,7 @@ Prints markdown tables. Run with ``OMP_NUM_THREADS`` set to the cores you mean t
 
     python benchmarks/index.py build --dataset fashion-mnist --root ../shared/data/fashion-mnist --limit 10000
     python benchmarks/index.py speed FILE --schedule fashion-mnist-resnet-zeros --batch 1 --batch 16 [--sizes 3,7,9,17]
+    python benchmarks/index.py breakdown FILE --schedule fashion-mnist-resnet-zeros [--k-factor 8]
     python benchmarks/index.py recall FILE
     python benchmarks/index.py scan-cap FILE --sizes 3,5,7 --caps 0,1,0.5,0.25
     python benchmarks/index.py class-search --limit 10000 --k 9 --classes 0,7
@@ -195,6 +196,63 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, size
                 print("exact engine one-time pool sort per size (not in the per-call times): "
                       + ", ".join(f"k={k}: {v:.1f} s" for k, v in setup.items()))
             print("approx ignored-mass bound per call: " + ", ".join(f"k={r.k}: {r.bound_max:.1e}" for r in approx.reports[-len(timed):]))
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--schedule", default="fashion-mnist-resnet-zeros")
+@click.option("--batch", type=int, default=1)
+@click.option("--tail", type=int, default=1024)
+@click.option("--scan-cap", type=float, default=DEFAULT_SCAN_CAP, show_default=True)
+@click.option("--k-factor", type=int, default=0, help="Re-rank factor for every size (0: each family's tuned one).")
+def breakdown(file, schedule, batch, tail, scan_cap, k_factor):
+    """Where one approximate sample goes: search, re-rank and the rest (corner scans, tail, bookkeeping)
+    per step, every step of the schedule called once (index loads and prepare() excluded)."""
+    import patchdb.score.approx as ap
+
+    sched = parse_schedule(schedule)
+    spent = {"search": 0.0, "rerank": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return wrapper
+
+    with open_index(file) as f:
+        f.cache_bytes = 0
+        data = f.images().float() / 127.5 - 1
+        approx = make_denoiser(f.machine, sched, index=f, topk=64, tail_samples=tail, scan_cap=scan_cap, k_factor=k_factor)
+        search_ids, approx._rerank = ap.search_ids, timed("rerank", approx._rerank)
+        ap.search_ids = timed("search", search_ids)
+        try:
+            rows, size = {}, None
+            for i in range(sched.steps, 0, -1):
+                t, k = i / sched.steps, sched.size_at(i)
+                if k != size:
+                    approx.prepare(k)
+                    size = k
+                x = _x_at(t, data, batch, seed=i)
+                spent.update(search=0.0, rerank=0.0)
+                start = time.perf_counter()
+                approx.denoise(x, t, k=k)
+                total = time.perf_counter() - start
+                row = rows.setdefault(k, [0, 0.0, 0.0, 0.0])
+                row[0] += 1
+                row[1] += spent["search"]
+                row[2] += spent["rerank"]
+                row[3] += total
+        finally:
+            ap.search_ids = search_ids
+    print(f"| k | steps | search s | re-rank s | rest s | total s (batch {batch}, per batch) |")
+    print("|---|---|---|---|---|---|")
+    for k, (n, se, rr, tot) in rows.items():
+        print(f"| {k} | {n} | {se:.2f} | {rr:.2f} | {tot - se - rr:.2f} | {tot:.2f} |")
+    se, rr, tot = (sum(r[j] for r in rows.values()) for j in (1, 2, 3))
+    print(f"| **sample** | {sched.steps} | {se:.2f} | {rr:.2f} | {tot - se - rr:.2f} | {tot:.2f} |")
 
 
 @cli.command()

@@ -189,6 +189,21 @@ def test_prepare_loads_every_sub_index_of_the_size_once(tmp_path):
         approx.prepare(4)
 
 
+def test_corner_terms_kept_for_every_size_and_prepare_changes_nothing(tmp_path):
+    """bbELS corners are scanned exactly from x-independent terms: prepare() makes them ahead, every
+    size's stay cached together, and the output is bit for bit what a cold engine gives."""
+    ds = random_dataset(12, 1, 10, 10, seed=8)
+    warm, _ = engines(tmp_path, ds, "bbels", (3, 5, 7))
+    cold, _ = engines(tmp_path, ds, "bbels", (3, 5, 7))
+    for k in (7, 5, 3):
+        warm.prepare(k)
+    assert len(warm._same_pos_cache) == 3
+    x = torch.randn(2, 1, 10, 10, generator=torch.Generator().manual_seed(1))
+    for k, t in [(7, 0.9), (5, 0.5), (3, 0.1), (7, 0.8)]:
+        assert torch.equal(warm.denoise(x, t, k=k), cold.denoise(x, t, k=k))
+    assert len(cold._same_pos_cache) == 3
+
+
 def black_background_dataset(n: int, seed: int) -> Dataset:
     """Strokes on black: most small windows are all zero (uint8), as on MNIST / Fashion-MNIST."""
     g = torch.Generator().manual_seed(seed)

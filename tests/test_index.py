@@ -65,6 +65,28 @@ def test_patch_source_matches_unfold():
         assert torch.equal(src.centres(img, pos)[1, 0], x[1, :, 17 // 9, 17 % 9])
 
 
+@pytest.mark.parametrize("pixels", ["random", "extremes"])
+def test_window_terms_equal_dot_products_of_gathered_windows(pixels):
+    """The re-rank's int16-code terms against float64 windows cut by unfold, at borders (zero padding)
+    and interiors, 2 channels, pixel values 0 and 255 included; row blocks smaller than the rows."""
+    g = torch.Generator().manual_seed(5)
+    ds = tiny_dataset(n=4, c=2, h=7, w=9)
+    if pixels == "extremes":
+        ds.images.copy_(torch.randint(0, 2, ds.images.shape, generator=g, dtype=torch.uint8) * 255)
+    x = ds.to_float(torch.float64)
+    src = PatchSource(ds.images, pad=3, dtype=torch.float64)
+    for k in (1, 3, 7):
+        ref = unfold_windows(x, k, "zeros")  # (N, C*k*k, HW)
+        img = torch.randint(0, 4, (5, 6), generator=g)
+        pos = torch.randint(0, 63, (5, 6), generator=g)
+        q = torch.randn(5, 2 * k * k, generator=g, dtype=torch.float64)
+        win = ref[img, :, pos]  # (5, 6, d)
+        dots, norms = src.window_terms(q, img, pos, k)
+        assert dots.dtype == norms.dtype == torch.float64
+        assert torch.allclose(dots, torch.einsum("rpd,rd->rp", win, q), rtol=0, atol=1e-12)
+        assert torch.allclose(norms, win.square().sum(-1), rtol=0, atol=1e-12)
+
+
 def test_vectors_follow_the_id_rule(built):
     ds, path = built
     with open_index(path) as f:

@@ -142,14 +142,20 @@ class ApproxMachine:
 
     def prepare(self, k: int, label: int | None = None) -> None:
         """Load the FAISS sub-indexes of size ``k`` now rather than in the first call that needs them
-        (a one-time deserialization: seconds for the ~2-3 GB of one size at N = 60,000)."""
+        (a one-time deserialization: seconds for the ~2-3 GB of one size at N = 60,000), and the
+        x-independent terms of its exactly scanned families (corners) when they fit in the cache."""
         check_patch_size(k)
         self.file.check(self.machine, [k])
-        geom = geometry(self.machine, k, self.source.height, self.source.width)
+        src = self.source
+        geom = geometry(self.machine, k, src.height, src.width)
         for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.indexed and entry.family not in EXACT_FAMILIES:
                 for g in range(grp.query_pos.shape[0]):
                     self.file.index(k, i, g)
+            else:  # the x-independent terms of the exact scan, kept when they fit
+                pos = grp.query_pos.view(-1)
+                step = max(1, RERANK_ELEMENTS // (src.channels * src.height * src.width))
+                self._same_position_terms(pos, k, box_regions(pos, k // 2, src.height, src.width), step)
 
     # -- internals -----------------------------------------------------------------------
 
