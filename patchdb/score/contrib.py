@@ -24,7 +24,7 @@ from ..errors import PatchdbError
 from ..patches import Group, geometry, unfold_windows
 from ..schedule import alpha_sigma, check_patch_size
 from ..spec import Machine
-from .approx import search_ids, window_logits
+from .approx import expanded_logits, search_ids
 from .exact import Coefficients
 from .softmax import LOG_FLOOR, with_ones
 
@@ -518,11 +518,11 @@ def index_contributors(
             img, pos, valid, mult = _retrieve(index, src, k, entry_i, entry, g, grp.cand_pos[g], q, topk, lo, hi, a)
             # Logits and their normalisation in float64 whatever x.dtype, as the engine does: at t ~ 1 the
             # query x / a is ~80 in size and float32 logits moved D by up to 2e-3 against the engine's.
-            win = src.windows(img, pos, k).double()  # (R, P, d)
+            dots, norms = src.window_terms(q, img, pos, k)  # (R, P) each, the engine's re-rank terms
             if distance:
-                logits = torch.einsum("rd,rpd->rp", q, win).add_(win.square().sum(-1).mul_(-0.5))
+                logits = dots.sub_(norms.mul_(0.5))
             else:
-                logits = window_logits(q, win, a, bb).add_(mult)  # distances stay per window
+                logits = expanded_logits(q, dots, norms, a, bb).add_(mult)  # distances stay per window
             logits.masked_fill_(~valid, float("-inf"))
             ids = torch.where(valid, img * (h * w) + pos, torch.full_like(img, -1))
             _fill_rows(out, logits, ids, src.centres(img, pos).double(), qpos, b, m, mass, FAMILY_CODE[grp.family])
