@@ -114,11 +114,10 @@ class PatchSource:
         codes = self._int16_codes()
         r, p = image.shape
         c, hp, wp = self.channels, self.hp, self.wp
-        shift = self.pad - k // 2
         # One view row per (window row start): k consecutive pixels, overlapping rows (no copy).
         rows = codes.as_strided((codes.numel() - k + 1, k), (1, 1))
         row_off = (torch.arange(c).view(-1, 1) * (hp * wp) + torch.arange(k).view(1, -1) * wp).view(-1)  # (C*k,)
-        base = image * (c * hp * wp) + (pos // self.width + shift) * wp + (pos % self.width + shift)  # (R, P)
+        base = self._base(image, pos, self.pad - k // 2)  # (R, P) flat offset of each window's top-left pixel
         qd = q.double().unsqueeze(-1) / 255.0  # (R, d, 1)
         dots = torch.empty(r, p, dtype=torch.float64)
         norms = torch.empty(r, p, dtype=torch.float64)

@@ -103,7 +103,7 @@ class ApproxMachine:
         self.source = index.source()
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
-        self._same_pos_cache: dict = {}  # key -> (norms, centres, bytes) of _same_position_terms
+        self._same_pos_cache: dict = {}  # key -> (norms, centres) of _same_position_terms
 
     # -- the denoiser contract -------------------------------------------------------------
 
@@ -248,17 +248,20 @@ class ApproxMachine:
                     self.source.centres(img, pos.view(-1, 1)))
 
         n = self.n_images
-        nbytes = n * len(pos) * (1 + self.source.channels) * 8
+        nbytes = n * len(pos) * (1 + self.source.channels) * 8  # norms (n, P) + centres (P, n, C), float64
         if nbytes > SAME_POSITION_CACHE_BYTES:
             return compute
         key = (k, tuple(pos.tolist()))  # all images, so that the class ranges of one batch share it
         if key not in self._same_pos_cache:
             # Every size of the schedule comes back once per batch: keep the most recent ones that fit.
-            while self._same_pos_cache and sum(v[2] for v in self._same_pos_cache.values()) + nbytes > SAME_POSITION_CACHE_BYTES:
+            def held():
+                return sum(a.nbytes + b.nbytes for a, b in self._same_pos_cache.values())
+
+            while self._same_pos_cache and held() + nbytes > SAME_POSITION_CACHE_BYTES:
                 self._same_pos_cache.pop(next(iter(self._same_pos_cache)))
             parts = [compute(s, min(n, s + step)) for s in range(0, n, step)]
-            self._same_pos_cache[key] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1), nbytes)
-        norms, centres, _ = self._same_pos_cache[key]
+            self._same_pos_cache[key] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1))
+        norms, centres = self._same_pos_cache[key]
         return lambda start, stop: (norms[start:stop], centres[:, start:stop])
 
     def _approx(self, q: torch.Tensor, key: tuple[int, int, int], entry: Entry, cand_pos: torch.Tensor,
