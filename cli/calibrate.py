@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from patchdb.baselines import weights_digest
 from patchdb.calibrate import calibrate, check_sizes, write_calibration
 from patchdb.compare import machine_factory
 from patchdb.errors import PatchdbError
@@ -46,7 +47,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
                     batch_size, dev, DTYPES[dtype], progress=True)
     cal.settings = {
         "name": f"calibrated-{machine.value}-{Path(str(checkpoint)).name}", "command": "calibrate",
-        "checkpoint": str(checkpoint), "model": cfg.to_dict(), "machine": machine.value, "steps": steps, "seed": seed,
+        "checkpoint": str(checkpoint), "weights": weights_digest(checkpoint), "model": cfg.to_dict(), "machine": machine.value, "steps": steps, "seed": seed,
         "num": num, "label": label, "engine": "approx" if index else "exact", "dataset": data.meta,
         "fingerprint": data.fingerprint(), "device": str(dev), "dtype": dtype,
         "seconds": round(time.perf_counter() - start, 1),

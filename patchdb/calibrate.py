@@ -57,6 +57,8 @@ class Calibration:
             "seeds": list(self.seeds),
             "mean_cosine": [[round(float(v), 6) for v in row] for row in self.cosine.mean(dim=2)],
             "best_per_seed": self.best_per_seed().tolist(),
+            # full precision, so that calibrations run apart (other seeds, other processes) merge exactly
+            "cosine": self.cosine.tolist(),
             "settings": self.settings,
             "note": "sizes[i-1] is the patch size of sampler step i (time i/S), lowest noise first (SPEC.md)",
         }
@@ -149,6 +151,50 @@ def calibrate(
         bar.close()
     chosen = median_size(table, sizes)
     return Calibration(sizes, list(seeds), table, ScaleSchedule(tuple(int(k) for k in chosen), name="calibrated"))
+
+
+def read_calibration(data: dict, source: str = "calibration") -> Calibration:
+    """A :class:`Calibration` back from the JSON :meth:`Calibration.to_dict` wrote (it needs the full table)."""
+    if "cosine" not in data:
+        raise PatchdbError(f"{source} has no per-seed cosine table (written before it was kept); rerun 'patchdb calibrate' to merge it")
+    table = torch.tensor(data["cosine"], dtype=torch.float64)
+    sizes, seeds = tuple(int(k) for k in data["candidates"]), [int(m) for m in data["seeds"]]
+    if table.dim() != 3 or table.shape[1:] != (len(sizes), len(seeds)):
+        raise PatchdbError(f"{source}: cosine table of shape {tuple(table.shape)} does not match {len(sizes)} sizes x {len(seeds)} seeds")
+    schedule = ScaleSchedule(tuple(int(k) for k in data["sizes"]), name=data.get("name", "calibrated"))
+    return Calibration(sizes, seeds, table, schedule, dict(data.get("settings", {})))
+
+
+# settings that must agree for two calibrations to describe the same experiment
+_SAME = ("weights", "model", "machine", "steps", "engine", "fingerprint", "dtype")
+
+
+def merge_calibrations(parts: list[Calibration]) -> Calibration:
+    """One calibration over the union of the seeds of ``parts`` (same network, machine, sizes and steps).
+
+    The schedule is recomputed with :func:`median_size` over all seeds, so merging calibrations of
+    seed sets A and B chooses what one calibration over A + B would.
+    """
+    if not parts:
+        raise PatchdbError("give at least one calibration to merge")
+    first = parts[0]
+    seeds = [m for part in parts for m in part.seeds]
+    if len(set(seeds)) != len(seeds):
+        raise PatchdbError(f"the calibrations share seeds {sorted({m for m in seeds if seeds.count(m) > 1})}; merge disjoint seed sets")
+    for part in parts[1:]:
+        if part.sizes != first.sizes or part.steps != first.steps:
+            raise PatchdbError(f"cannot merge calibrations of sizes {list(part.sizes)} / {part.steps} steps with sizes "
+                               f"{list(first.sizes)} / {first.steps} steps; calibrate with the same --sizes and --steps")
+        for key in _SAME:
+            if part.settings.get(key) != first.settings.get(key):
+                raise PatchdbError(f"cannot merge: the calibrations differ in '{key}' ({first.settings.get(key)!r} vs "
+                                   f"{part.settings.get(key)!r}); merge only runs of one network, machine and engine")
+    table = torch.cat([part.cosine for part in parts], dim=2)
+    chosen = median_size(table, first.sizes)
+    settings = dict(first.settings, num=len(seeds), seconds=sum(float(p.settings.get("seconds", 0.0)) for p in parts),
+                    merged_from=len(parts))
+    schedule = ScaleSchedule(tuple(int(k) for k in chosen), name=first.schedule.name)
+    return Calibration(first.sizes, seeds, table, schedule, settings)
 
 
 def write_calibration(cal: Calibration, path: str | Path) -> tuple[Path, Path]:

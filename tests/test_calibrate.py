@@ -9,7 +9,16 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main
-from patchdb.calibrate import calibrate, check_sizes, cosine, median_size, write_calibration
+from patchdb.calibrate import (
+    Calibration,
+    calibrate,
+    check_sizes,
+    cosine,
+    median_size,
+    merge_calibrations,
+    read_calibration,
+    write_calibration,
+)
 from patchdb.compare import machine_factory
 from patchdb.errors import PatchdbError
 from patchdb.schedule import ScaleSchedule, parse_schedule
@@ -124,5 +133,72 @@ def test_cli_calibrate_runs(tmp_path, tiny_checkpoint):
     res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--limit", "12", "--num", "2",
                                     "--steps", "2", "--sizes", "3,5", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    sizes = json.loads(out.read_text())["sizes"]
+    data = json.loads(out.read_text())
+    sizes = data["sizes"]
     assert len(sizes) == 2 and set(sizes) <= {3, 5} and out.with_suffix(".png").exists()
+    assert len(data["settings"]["weights"]) == 16 and torch.tensor(data["cosine"]).shape == (2, 2, 2)
+
+
+class SwitchingNet:
+    """A 'network' that is the bbELS machine at size 3 for the first half of the seeds' steps, 5 after."""
+
+    def __init__(self, images):
+        self.machine = ExactMachine(images, "bbels")
+
+    def __call__(self, x, t, labels=None):
+        return self.machine.denoise(x, t, k=3 if t <= 0.5 else 5)
+
+
+def test_merging_runs_over_disjoint_seeds_equals_one_run(tmp_path):
+    images = tiny_set()
+    make = machine_factory("bbels", images)
+    net = SwitchingNet(images)
+    run = dict(shape=(1, 10, 10), sizes=(3, 5, 7), steps=4, dtype=torch.float64)
+    whole = calibrate(net, make, seeds=[0, 1, 2], **run)
+    parts = [calibrate(net, make, seeds=[0, 1], **run), calibrate(net, make, seeds=[2], **run)]
+    settings = {"weights": "abc", "model": {"width": 4}, "machine": "bbels", "steps": 4, "seconds": 2.0}
+    back = []
+    for j, part in enumerate(parts):  # through the JSON files, as the merge script reads them
+        part.settings = dict(settings)
+        path, _ = write_calibration(part, tmp_path / f"part{j}.json")
+        back.append(read_calibration(json.loads(path.read_text()), str(path)))
+    merged = merge_calibrations(back)
+    assert merged.seeds == [0, 1, 2]
+    assert torch.allclose(merged.cosine, whole.cosine, rtol=0, atol=1e-12)
+    assert merged.schedule.sizes == whole.schedule.sizes == (3, 3, 5, 5)
+    assert merged.settings["num"] == 3 and merged.settings["seconds"] == 4.0
+    # The JSON keeps the table at full precision: read back, it is the table that was computed.
+    assert torch.equal(back[0].cosine, parts[0].cosine)
+
+
+def test_merge_recomputes_the_median_over_all_seeds():
+    g = torch.Generator().manual_seed(1)
+    sizes = (3, 5, 7, 9)
+    tables = [torch.rand(6, 4, m, generator=g, dtype=torch.float64) for m in (2, 3, 1)]
+    parts, first = [], 0
+    for table in tables:
+        seeds = list(range(first, first + table.shape[2]))
+        first += table.shape[2]
+        parts.append(Calibration(sizes, seeds, table, ScaleSchedule(tuple(median_size(table, sizes).tolist())), {}))
+    merged = merge_calibrations(parts)
+    assert list(merged.schedule.sizes) == brute_median_size(torch.cat(tables, dim=2), sizes)
+
+
+def test_merge_refuses_what_does_not_belong_together():
+    table = torch.rand(2, 2, 1, dtype=torch.float64)
+
+    def cal(seeds, sizes=(3, 5), **settings):
+        return Calibration(sizes, seeds, table.clone(), ScaleSchedule((3, 3)), {"weights": "w", **settings})
+
+    with pytest.raises(PatchdbError, match="share seeds"):
+        merge_calibrations([cal([0]), cal([0])])
+    with pytest.raises(PatchdbError, match="same --sizes"):
+        merge_calibrations([cal([0]), cal([1], sizes=(3, 7))])
+    with pytest.raises(PatchdbError, match="differ in 'weights'"):
+        merge_calibrations([cal([0]), cal([1], weights="other")])
+    with pytest.raises(PatchdbError, match="differ in 'machine'"):
+        merge_calibrations([cal([0], machine="bbels"), cal([1], machine="els")])
+    with pytest.raises(PatchdbError, match="no per-seed cosine table"):
+        read_calibration({"sizes": [3], "candidates": [3], "seeds": [0]}, "old.json")
+    with pytest.raises(PatchdbError, match="does not match"):
+        read_calibration({"sizes": [3], "candidates": [3, 5], "seeds": [0], "cosine": [[[1.0]]]}, "bad.json")

@@ -3,10 +3,10 @@ training and checkpoints, and the adapter that makes an epsilon-network a denois
 
 from .adapter import EpsDenoiser, eps_from_denoiser, score_from_denoiser
 from .models import ARCHS, PADDINGS, ModelConfig, ResNet, UNet, build_model, count_parameters
-from .train import TrainConfig, check_data_fits, load_checkpoint, read_config, train
+from .train import TrainConfig, check_data_fits, load_checkpoint, read_config, train, weights_digest
 
 __all__ = [
     "ARCHS", "PADDINGS", "EpsDenoiser", "ModelConfig", "ResNet", "TrainConfig", "UNet", "build_model",
     "check_data_fits", "count_parameters", "eps_from_denoiser", "load_checkpoint", "read_config",
-    "score_from_denoiser", "train",
+    "score_from_denoiser", "train", "weights_digest",
 ]

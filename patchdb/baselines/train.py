@@ -132,6 +132,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", expect
     return net.to(device).eval(), cfg, data
 
 
+def weights_digest(path: str | Path) -> str:
+    """Short SHA-256 of a checkpoint's ``model.pt``: names the exact weights a result was computed with."""
+    import hashlib
+
+    return hashlib.sha256((_folder_of(path) / "model.pt").read_bytes()).hexdigest()[:16]
+
+
 def _load_state(net: nn.Module, state: dict, cfg: ModelConfig, where) -> None:
     try:
         net.load_state_dict(state)
