@@ -1,9 +1,12 @@
-"""Merge calibrations of one network over disjoint seed sets into one schedule.
+"""Merge calibrations of one network into one schedule: more seeds, or more candidate sizes.
 
 `patchdb calibrate --num 1 --seed 1000` and `--seed 1001`, run side by side as two 1-thread
-processes, take half the wall time of one 2-seed run on a 2-core machine. Each JSON keeps its
-full per-seed cosine table, so the merged schedule is the per-step median over all seeds that one
-run over the union would choose (same network weights, machine, engine, sizes and steps, checked).
+processes, take half the wall time of one 2-seed run on a 2-core machine (parts with the same
+sizes and disjoint seeds are joined along the seeds). A later run over the same seeds with other
+`--sizes` adds those sizes without redoing the others (parts with the same seeds are joined along
+the sizes; a size both computed must agree). Each JSON keeps its full per-seed cosine table, so the
+merged schedule is the per-step median one run over all seeds and sizes would choose (same network
+weights, machine, engine, dataset and steps, checked).
 
     python benchmarks/merge_calibrate.py OUT.json PART.json [PART.json ...]
 

@@ -170,31 +170,57 @@ _SAME = ("weights", "model", "machine", "steps", "engine", "fingerprint", "dtype
 
 
 def merge_calibrations(parts: list[Calibration]) -> Calibration:
-    """One calibration over the union of the seeds of ``parts`` (same network, machine, sizes and steps).
+    """One calibration from runs of the same network, machine and steps.
 
-    The schedule is recomputed with :func:`median_size` over all seeds, so merging calibrations of
-    seed sets A and B chooses what one calibration over A + B would.
+    Two ways to combine, chosen by what the parts hold:
+
+    - **more seeds**: the parts share the candidate sizes and have disjoint seeds; the tables are
+      joined along the seeds;
+    - **more sizes**: the parts share the seeds (same order) and differ in sizes; the tables are
+      joined along the sizes. The network's trajectory does not depend on the candidates, so a size
+      two parts both computed must agree (checked, to 1e-9), and is kept once.
+
+    Either way the schedule is recomputed with :func:`median_size` over the joined table, i.e. what
+    one calibration over all seeds and sizes would choose.
     """
     if not parts:
         raise PatchdbError("give at least one calibration to merge")
     first = parts[0]
-    seeds = [m for part in parts for m in part.seeds]
-    if len(set(seeds)) != len(seeds):
-        raise PatchdbError(f"the calibrations share seeds {sorted({m for m in seeds if seeds.count(m) > 1})}; merge disjoint seed sets")
     for part in parts[1:]:
-        if part.sizes != first.sizes or part.steps != first.steps:
-            raise PatchdbError(f"cannot merge calibrations of sizes {list(part.sizes)} / {part.steps} steps with sizes "
-                               f"{list(first.sizes)} / {first.steps} steps; calibrate with the same --sizes and --steps")
+        if part.steps != first.steps:
+            raise PatchdbError(f"cannot merge calibrations of {part.steps} and {first.steps} steps; calibrate with the same --steps")
         for key in _SAME:
             if part.settings.get(key) != first.settings.get(key):
                 raise PatchdbError(f"cannot merge: the calibrations differ in '{key}' ({first.settings.get(key)!r} vs "
                                    f"{part.settings.get(key)!r}); merge only runs of one network, machine and engine")
-    table = torch.cat([part.cosine for part in parts], dim=2)
-    chosen = median_size(table, first.sizes)
-    settings = dict(first.settings, num=len(seeds), seconds=sum(float(p.settings.get("seconds", 0.0)) for p in parts),
-                    merged_from=len(parts))
+    seconds = sum(float(p.settings.get("seconds", 0.0)) for p in parts)
+    if all(part.seeds == first.seeds for part in parts) and len(parts) > 1:
+        columns: dict[int, torch.Tensor] = {}
+        for part in parts:
+            for j, k in enumerate(part.sizes):
+                col = part.cosine[:, j, :]
+                if k in columns and not torch.allclose(columns[k], col, rtol=0, atol=1e-9):
+                    raise PatchdbError(f"size {k} has different cosines in two of the calibrations over the same seeds; "
+                                       "they did not follow the same network trajectory (other weights, device or dtype?)")
+                columns.setdefault(k, col)
+        sizes = tuple(sorted(columns))
+        table = torch.stack([columns[k] for k in sizes], dim=1)
+        seeds = list(first.seeds)
+    else:
+        seeds = [m for part in parts for m in part.seeds]
+        if len(set(seeds)) != len(seeds):
+            raise PatchdbError(f"the calibrations share some seeds {sorted({m for m in seeds if seeds.count(m) > 1})} but not all; "
+                               "merge disjoint seed sets (same sizes), or the same seeds (other sizes)")
+        for part in parts[1:]:
+            if part.sizes != first.sizes:
+                raise PatchdbError(f"cannot merge calibrations of sizes {list(part.sizes)} and {list(first.sizes)} over different "
+                                   "seeds; calibrate with the same --sizes")
+        sizes = first.sizes
+        table = torch.cat([part.cosine for part in parts], dim=2)
+    chosen = median_size(table, sizes)
+    settings = dict(first.settings, num=len(seeds), seconds=seconds, merged_from=len(parts))
     schedule = ScaleSchedule(tuple(int(k) for k in chosen), name=first.schedule.name)
-    return Calibration(first.sizes, seeds, table, schedule, settings)
+    return Calibration(sizes, seeds, table, schedule, settings)
 
 
 def write_calibration(cal: Calibration, path: str | Path) -> tuple[Path, Path]:

@@ -171,6 +171,18 @@ def test_merging_runs_over_disjoint_seeds_equals_one_run(tmp_path):
     assert torch.equal(back[0].cosine, parts[0].cosine)
 
 
+def test_merging_runs_over_other_sizes_equals_one_run():
+    images = tiny_set()
+    make = machine_factory("bbels", images)
+    net = SwitchingNet(images)
+    run = dict(shape=(1, 10, 10), seeds=[0, 1], steps=4, dtype=torch.float64)
+    whole = calibrate(net, make, sizes=(1, 3, 5, 7), **run)
+    merged = merge_calibrations([calibrate(net, make, sizes=(3, 5, 7), **run), calibrate(net, make, sizes=(1, 3), **run)])
+    assert merged.sizes == (1, 3, 5, 7) and merged.seeds == [0, 1]
+    assert torch.allclose(merged.cosine, whole.cosine, rtol=0, atol=1e-12)
+    assert merged.schedule.sizes == whole.schedule.sizes == (3, 3, 5, 5)
+
+
 def test_merge_recomputes_the_median_over_all_seeds():
     g = torch.Generator().manual_seed(1)
     sizes = (3, 5, 7, 9)
@@ -190,8 +202,10 @@ def test_merge_refuses_what_does_not_belong_together():
     def cal(seeds, sizes=(3, 5), **settings):
         return Calibration(sizes, seeds, table.clone(), ScaleSchedule((3, 3)), {"weights": "w", **settings})
 
-    with pytest.raises(PatchdbError, match="share seeds"):
-        merge_calibrations([cal([0]), cal([0])])
+    with pytest.raises(PatchdbError, match="share some seeds"):
+        merge_calibrations([cal([0, 1]), cal([1, 2])])
+    with pytest.raises(PatchdbError, match="different cosines"):
+        merge_calibrations([cal([0]), Calibration((3, 5), [0], table + 0.1, ScaleSchedule((3, 3)), {"weights": "w"})])
     with pytest.raises(PatchdbError, match="same --sizes"):
         merge_calibrations([cal([0]), cal([1], sizes=(3, 7))])
     with pytest.raises(PatchdbError, match="differ in 'weights'"):
