@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from patchdb.baselines import weights_digest
+from patchdb.baselines import receptive_field, weights_digest
 from patchdb.calibrate import calibrate, check_sizes, write_calibration
 from patchdb.compare import machine_factory
 from patchdb.errors import PatchdbError
@@ -22,7 +22,9 @@ from .options import DTYPES, dataset_options
 @dataset_options
 @network_options
 @click.option("--machine", "-m", default="bbels", help="Local machine to calibrate: bbels, els or ls.")
-@click.option("--sizes", default="3,5,7,9,11,13,15", help="Candidate odd patch sizes, comma separated.")
+@click.option("--sizes", default="auto", show_default=True,
+              help="Candidate odd patch sizes, comma separated, or 'auto': 3, 5, ... up to the network's receptive "
+                   "field (ResNet: 2 (depth + 2) + 1; UNet: the image), capped at the image size.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json",
               help="Schedule JSON (usable as --schedule); the heat map PNG goes beside it.")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, steps, label,
@@ -32,12 +34,15 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
     machine = Machine.parse(machine)
     if machine is Machine.IS:
         raise PatchdbError("IS has no patch size to calibrate; choose bbels, els or ls")
-    try:
-        candidates = [int(k) for k in sizes.split(",")]
-    except ValueError:
-        raise PatchdbError(f"--sizes '{sizes}' is not a comma list of odd integers, e.g. 3,5,7") from None
+    if sizes.strip() != "auto":
+        try:
+            candidates = [int(k) for k in sizes.split(",")]
+        except ValueError:
+            raise PatchdbError(f"--sizes '{sizes}' is not a comma list of odd integers (e.g. 3,5,7) or 'auto'") from None
     dev, data, net, cfg, _info, seeds, labels, images = setup(
         dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, label, device, dtype, threads)
+    if sizes.strip() == "auto":
+        candidates = list(range(3, receptive_field(cfg) + 1, 2))
     candidates = check_sizes(candidates, data.height, data.width)
     make = machine_factory(machine, images, data.labels, dev, int(block_mb * 2**20), index, topk, data.fingerprint())
     click.echo(f"calibrating {machine.value} against {cfg.arch} ({cfg.padding}) over {num} seeds, sizes {list(candidates)}, "

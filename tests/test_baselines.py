@@ -92,6 +92,23 @@ def test_circular_resnet_is_shift_equivariant_and_zero_padded_is_local():
     assert touched[:, 0].min() >= 4 and touched[:, 0].max() <= 12 and touched[:, 1].min() >= 4
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_receptive_field_is_what_the_gradient_reaches(depth):
+    from patchdb.baselines import receptive_field
+
+    cfg = tiny_cfg(image_size=24, depth=depth)
+    net = build_model(cfg).eval()
+    for p in net.parameters():  # no zero-initialised layer may hide a dependence
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(1, 1, 24, 24, requires_grad=True)
+    net(x, torch.tensor([0.5]))[0, 0, 12, 12].backward()
+    touched = (x.grad[0, 0] != 0).nonzero()
+    side = int(touched[:, 0].max() - touched[:, 0].min()) + 1
+    assert side == int(touched[:, 1].max() - touched[:, 1].min()) + 1 == receptive_field(cfg) == 2 * (depth + 2) + 1
+    assert receptive_field(tiny_cfg(image_size=8, depth=6)) == 8  # capped at the image
+    assert receptive_field(tiny_cfg(arch="unet", image_size=16)) == 16
+
+
 def test_conditional_network_without_labels_fails_in_one_line():
     net = build_model(tiny_cfg(num_classes=3))
     with pytest.raises(PatchdbError, match="class-conditional"):

@@ -216,3 +216,13 @@ def test_merge_refuses_what_does_not_belong_together():
         read_calibration({"sizes": [3], "candidates": [3], "seeds": [0]}, "old.json")
     with pytest.raises(PatchdbError, match="does not match"):
         read_calibration({"sizes": [3], "candidates": [3, 5], "seeds": [0], "cosine": [[[1.0]]]}, "bad.json")
+
+
+def test_cli_default_sizes_reach_the_receptive_field(tmp_path, tiny_checkpoint):
+    out = tmp_path / "s.json"  # tiny_checkpoint: ResNet of depth 1, 3 convolutions, receptive field 7
+    res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--limit", "12", "--num", "1",
+                                    "--steps", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["candidates"] == [3, 5, 7]
+    res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--sizes", "3,five", "--out", str(out)])
+    assert res.exit_code == 2 and "'auto'" in res.output

@@ -193,6 +193,18 @@ class UNet(nn.Module):
         return self.out(F.silu(h))
 
 
+def receptive_field(cfg: ModelConfig) -> int:
+    """Side of the square of input pixels one output pixel can depend on, capped at the image size.
+
+    ResNet: ``2 (depth + 2) + 1`` (``depth + 2`` 3x3 convolutions). UNet: the whole image; its two
+    poolings let a 3x3 convolution at the lowest level see 12 pixels, so from ``depth`` 2 on the field
+    already exceeds a 32x32 image (and ``unet-attn`` attends everywhere).
+    """
+    if cfg.arch == "resnet":
+        return min(2 * (cfg.depth + 2) + 1, cfg.image_size)
+    return cfg.image_size
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network a config describes, freshly initialised."""
     return ResNet(cfg) if cfg.arch == "resnet" else UNet(cfg)
