@@ -30,7 +30,6 @@ if __name__ == "__main__":
         cals = [read_calibration(json.loads(p.read_text()), str(p)) for p in parts]
         merged = merge_calibrations(cals)
         merged.settings["merged_from"] = [str(p) for p in parts]
-        merged.settings["name"] = cals[0].settings.get("name", "calibrated")
         path, png = write_calibration(merged, out)
     except (OSError, json.JSONDecodeError, KeyError, PatchdbError) as err:
         raise SystemExit(f"error: {err}") from None

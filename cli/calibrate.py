@@ -34,14 +34,15 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
     machine = Machine.parse(machine)
     if machine is Machine.IS:
         raise PatchdbError("IS has no patch size to calibrate; choose bbels, els or ls")
-    if sizes.strip() != "auto":
+    auto = sizes.strip() == "auto"
+    if not auto:
         try:
             candidates = [int(k) for k in sizes.split(",")]
         except ValueError:
             raise PatchdbError(f"--sizes '{sizes}' is not a comma list of odd integers (e.g. 3,5,7) or 'auto'") from None
     dev, data, net, cfg, _info, seeds, labels, images = setup(
         dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, label, device, dtype, threads)
-    if sizes.strip() == "auto":
+    if auto:
         candidates = list(range(3, receptive_field(cfg) + 1, 2))
     candidates = check_sizes(candidates, data.height, data.width)
     make = machine_factory(machine, images, data.labels, dev, int(block_mb * 2**20), index, topk, data.fingerprint())
