@@ -8,9 +8,10 @@ the sizes; a size both computed must agree). Each JSON keeps its full per-seed c
 merged schedule is the per-step median one run over all seeds and sizes would choose (same network
 weights, machine, engine, dataset and steps, checked).
 
-    python benchmarks/merge_calibrate.py OUT.json PART.json [PART.json ...]
+    python benchmarks/merge_calibrate.py [--criterion cosine|rollout] OUT.json PART.json [PART.json ...]
 
-Writes OUT.json (usable as `--schedule`) and its heat map OUT.png.
+Writes OUT.json (usable as `--schedule`) and its heat map OUT.png. The schedule is chosen by
+`--criterion` (default: the first part's).
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from patchdb.calibrate import merge_calibrations, read_calibration, write_calibr
 from patchdb.errors import PatchdbError
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        raise SystemExit("usage: python benchmarks/merge_calibrate.py OUT.json PART.json [PART.json ...]")
-    out, parts = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+    args, criterion = sys.argv[1:], None
+    if args[:1] == ["--criterion"] and len(args) > 1:
+        criterion, args = args[1], args[2:]
+    if len(args) < 2:
+        raise SystemExit("usage: python benchmarks/merge_calibrate.py [--criterion cosine|rollout] OUT.json PART.json [PART.json ...]")
+    out, parts = Path(args[0]), [Path(p) for p in args[1:]]
     try:
         cals = [read_calibration(json.loads(p.read_text()), str(p)) for p in parts]
-        merged = merge_calibrations(cals)
+        merged = merge_calibrations(cals, criterion)
         merged.settings["merged_from"] = [str(p) for p in parts]
         path, png = write_calibration(merged, out)
     except (OSError, json.JSONDecodeError, KeyError, PatchdbError) as err:

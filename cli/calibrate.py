@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from patchdb.baselines import receptive_field, weights_digest
-from patchdb.calibrate import calibrate, check_sizes, write_calibration
+from patchdb.calibrate import CRITERIA, calibrate, check_sizes, write_calibration
 from patchdb.compare import machine_factory
 from patchdb.errors import PatchdbError
 from patchdb.spec import Machine
@@ -25,11 +25,15 @@ from .options import DTYPES, dataset_options
 @click.option("--sizes", default="auto", show_default=True,
               help="Candidate odd patch sizes, comma separated, or 'auto': 3, 5, ... up to the network's receptive "
                    "field (ResNet: 2 (depth + 2) + 1; UNet: the image), capped at the image size.")
+@click.option("--criterion", type=click.Choice(list(CRITERIA)), default="cosine", show_default=True,
+              help="What picks each step's size: 'cosine' of network and machine scores (SPEC.md, the paper's default) or "
+                   "'rollout', the Pearson r of the network's final image when the machine takes that one step "
+                   "(an extension; both tables are computed and kept either way).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json",
               help="Schedule JSON (usable as --schedule); the heat map PNG goes beside it.")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, steps, label,
-            batch_size, device, dtype, block_mb, index, topk, threads, machine, sizes, out):
-    """Calibrate a scale schedule against a trained network (cosine of scores, median over seeds)."""
+            batch_size, device, dtype, block_mb, index, topk, threads, machine, sizes, criterion, out):
+    """Calibrate a scale schedule against a trained network (best size per step, median over seeds)."""
     out = check_writable(out)
     machine = Machine.parse(machine)
     if machine is Machine.IS:
@@ -50,7 +54,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
                f"{len(data)} training images of {data.name}", err=True)
     start = time.perf_counter()
     cal = calibrate(net, make, (data.channels, data.height, data.width), seeds, candidates, steps, labels,
-                    batch_size, dev, DTYPES[dtype], progress=True)
+                    batch_size, dev, DTYPES[dtype], progress=True, criterion=criterion)
     cal.settings = {
         "name": f"calibrated-{machine.value}-{Path(str(checkpoint)).name}", "command": "calibrate",
         "checkpoint": str(checkpoint), "weights": weights_digest(checkpoint), "model": cfg.to_dict(), "machine": machine.value, "steps": steps, "seed": seed,
@@ -59,5 +63,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
         "seconds": round(time.perf_counter() - start, 1),
     }
     path, png = write_calibration(cal, out)
-    click.echo(f"schedule {','.join(str(k) for k in cal.schedule.sizes)} (step 1 = lowest noise first)")
+    other = cal.choose("rollout" if criterion == "cosine" else "cosine")
+    click.echo(f"schedule {','.join(str(k) for k in cal.schedule.sizes)} (step 1 = lowest noise first; by {criterion})")
+    click.echo(f"  by {other.criterion} it would be {','.join(str(k) for k in other.schedule.sizes)}")
     click.echo(f"wrote {path} and {png} ({cal.settings['seconds']:.0f} s)")

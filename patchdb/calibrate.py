@@ -4,7 +4,14 @@ Run the network's DDIM sampler from each seed; at every step ``i`` (time ``t = i
 ``x`` the sampler holds, the network's score ``-eps_net / b_t`` with the machine's score
 ``-(x - a_t D_k) / b_t^2`` for every candidate size ``k`` by cosine similarity over all pixels and
 channels. A seed's best size at step ``i`` maximises the cosine; the schedule is the per-step median
-over seeds. With an even number of seeds both middle values are medians: the one with the higher
+over seeds.
+
+A second criterion, ``rollout`` (a documented extension of SPEC.md), asks what the choice does to the
+*final image*: at step ``i`` take one DDIM step with the machine's ``D_k`` instead of the network's, let
+the network sample the remaining steps, and score size ``k`` by the Pearson ``r`` of that final image
+with the network's own. It costs the same machine evaluations as the cosine (plus ``K`` network
+rollouts per step, cheap), so both tables are always computed; ``criterion`` picks the one that sets
+the schedule. With an even number of seeds both middle values are medians: the one with the higher
 cosine averaged over the seeds is taken (:func:`median_size`), so the choice is always a candidate and
 does not lean towards the smaller size.
 
@@ -24,13 +31,24 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import PatchdbError
-from .sample import Denoiser, ddim_sample, initial_noise
+from .sample import Denoiser, ddim_sample, ddim_step, initial_noise
 from .schedule import ScaleSchedule, alpha_sigma, check_patch_size
 from .store import atomic_write
 
 log = logging.getLogger(__name__)
 
 MachineFactory = Callable[[ScaleSchedule], Denoiser]
+
+CRITERIA = {
+    "cosine": "cosine(network score, machine score)",
+    "rollout": "Pearson r of the final image, machine at this step only",
+}
+
+
+def check_criterion(criterion: str) -> str:
+    if criterion not in CRITERIA:
+        raise PatchdbError(f"unknown calibration criterion '{criterion}'; use one of {', '.join(CRITERIA)}")
+    return criterion
 
 
 @dataclass
@@ -40,14 +58,30 @@ class Calibration:
     cosine: torch.Tensor  # (S, K, M): cosine of step i (row i-1), size k, seed m
     schedule: ScaleSchedule  # chosen sizes, scales[0] (step 1, lowest noise) first
     settings: dict = field(default_factory=dict)
+    rollout: torch.Tensor | None = None  # (S, K, M): final-image r with size k at step i only (None: not computed)
+    criterion: str = "cosine"  # which table chose the schedule
 
     @property
     def steps(self) -> int:
         return self.cosine.shape[0]
 
+    @property
+    def table(self) -> torch.Tensor:
+        """The (S, K, M) table of the criterion (higher is better)."""
+        return self.cosine if self.criterion == "cosine" else self.rollout
+
     def best_per_seed(self) -> torch.Tensor:
-        """(S, M) the best size of each step and seed."""
-        return torch.as_tensor(self.sizes)[self.cosine.argmax(dim=1)]
+        """(S, M) the best size of each step and seed, by the criterion."""
+        return torch.as_tensor(self.sizes)[self.table.argmax(dim=1)]
+
+    def choose(self, criterion: str) -> Calibration:
+        """The same tables with the schedule the other criterion picks."""
+        check_criterion(criterion)
+        if criterion == "rollout" and self.rollout is None:
+            raise PatchdbError("this calibration has no rollout table (written before it was computed); rerun 'patchdb calibrate'")
+        chosen = median_size(self.cosine if criterion == "cosine" else self.rollout, self.sizes)
+        return Calibration(self.sizes, list(self.seeds), self.cosine, ScaleSchedule(tuple(int(k) for k in chosen),
+                           name=self.schedule.name), dict(self.settings), self.rollout, criterion)
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +93,9 @@ class Calibration:
             "best_per_seed": self.best_per_seed().tolist(),
             # full precision, so that calibrations run apart (other seeds, other processes) merge exactly
             "cosine": self.cosine.tolist(),
+            "criterion": self.criterion,
+            **({} if self.rollout is None else {"mean_rollout_r": [[round(float(v), 6) for v in row] for row in self.rollout.mean(dim=2)],
+                                                "rollout": self.rollout.tolist()}),
             "settings": self.settings,
             "note": "sizes[i-1] is the patch size of sampler step i (time i/S), lowest noise first (SPEC.md)",
         }
@@ -108,6 +145,7 @@ def calibrate(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    criterion: str = "cosine",
 ) -> Calibration:
     """Calibrate a scale schedule for ``make_machine`` against the network denoiser ``net``.
 
@@ -117,16 +155,21 @@ def calibrate(
     make_machine : factory ``schedule -> denoiser``; called once per candidate size with ``constant:k``.
     shape : (C, H, W) of the images. seeds : one noise seed per sampled image (M of them).
     sizes : candidate odd patch sizes (K). labels : (M,) class labels when conditional.
+    criterion : ``cosine`` (SPEC.md) or ``rollout`` (final-image r); both tables are computed.
 
     Returns
     -------
-    :class:`Calibration` with the (S, K, M) cosine table and the chosen schedule.
+    :class:`Calibration` with the (S, K, M) cosine and rollout tables and the chosen schedule.
     """
+    from .compare import pearson
+
     if not seeds:
         raise PatchdbError("calibration needs at least one seed")
+    check_criterion(criterion)
     sizes = check_sizes(sizes, shape[1], shape[2])
     machines = [make_machine(ScaleSchedule((k,) * steps, name=f"constant:{k}")) for k in sizes]
     table = torch.zeros(steps, len(sizes), len(seeds), dtype=torch.float64)
+    rollout = torch.zeros_like(table)
     bar = tqdm(total=len(seeds) * steps, desc="calibrating", unit="step", disable=not progress)
     try:
         for start in range(0, len(seeds), batch_size):
@@ -135,22 +178,34 @@ def calibrate(
             cols = slice(start, start + n)
             lab = None if labels is None else labels[cols].to(device)
             noise = initial_noise(chunk, shape, dtype).to(device)
+            finals: list[torch.Tensor] = [None] * steps  # step i-1 -> (K, n, C, H, W) rollout final images
 
-            def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n) -> torch.Tensor:
+            def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n, finals=finals) -> torch.Tensor:
                 i = round(t * steps)
                 a, _ = alpha_sigma(t)
                 d_net = net(x, t, lab_)
                 ref = x - a * d_net  # proportional to minus the network's score
+                d_k = []
                 for j, machine in enumerate(machines):
-                    table[i - 1, j, cols] = cosine(ref, x - a * machine(x, t, lab_)).cpu()
+                    d_k.append(machine(x, t, lab_))
+                    table[i - 1, j, cols] = cosine(ref, x - a * d_k[-1]).cpu()
+                # the machine at this step only, then the network to the end: all K sizes in one batch
+                x_next = ddim_step(x.repeat(len(machines), 1, 1, 1), torch.cat(d_k), i, steps)
+                lab_k = None if lab_ is None else lab_.repeat(len(machines))
+                final = ddim_sample(net, x_next, steps, lab_k, first_step=i - 1).samples
+                finals[i - 1] = final.view(len(machines), n, *final.shape[1:]).cpu()
                 bar.update(n)
                 return d_net
 
-            ddim_sample(probe, noise, steps, lab)
+            own = ddim_sample(probe, noise, steps, lab).samples.cpu()
+            for i in range(steps):
+                for j in range(len(sizes)):
+                    rollout[i, j, cols] = pearson(finals[i][j], own)
     finally:
         bar.close()
-    chosen = median_size(table, sizes)
-    return Calibration(sizes, list(seeds), table, ScaleSchedule(tuple(int(k) for k in chosen), name="calibrated"))
+    chosen = median_size(table if criterion == "cosine" else rollout, sizes)
+    return Calibration(sizes, list(seeds), table, ScaleSchedule(tuple(int(k) for k in chosen), name="calibrated"),
+                       rollout=rollout, criterion=criterion)
 
 
 def read_calibration(data: dict, source: str = "calibration") -> Calibration:
@@ -161,15 +216,23 @@ def read_calibration(data: dict, source: str = "calibration") -> Calibration:
     sizes, seeds = tuple(int(k) for k in data["candidates"]), [int(m) for m in data["seeds"]]
     if table.dim() != 3 or table.shape[1:] != (len(sizes), len(seeds)):
         raise PatchdbError(f"{source}: cosine table of shape {tuple(table.shape)} does not match {len(sizes)} sizes x {len(seeds)} seeds")
+    rollout = None
+    if "rollout" in data:
+        rollout = torch.tensor(data["rollout"], dtype=torch.float64)
+        if rollout.shape != table.shape:
+            raise PatchdbError(f"{source}: rollout table of shape {tuple(rollout.shape)} does not match the cosine table {tuple(table.shape)}")
+    criterion = check_criterion(data.get("criterion", "cosine"))
+    if criterion == "rollout" and rollout is None:
+        raise PatchdbError(f"{source} says criterion 'rollout' but has no rollout table; rerun 'patchdb calibrate'")
     schedule = ScaleSchedule(tuple(int(k) for k in data["sizes"]), name=data.get("name", "calibrated"))
-    return Calibration(sizes, seeds, table, schedule, dict(data.get("settings", {})))
+    return Calibration(sizes, seeds, table, schedule, dict(data.get("settings", {})), rollout, criterion)
 
 
 # settings that must agree for two calibrations to describe the same experiment
 _SAME = ("weights", "model", "machine", "steps", "engine", "fingerprint", "dtype")
 
 
-def merge_calibrations(parts: list[Calibration]) -> Calibration:
+def merge_calibrations(parts: list[Calibration], criterion: str | None = None) -> Calibration:
     """One calibration from runs of the same network, machine and steps.
 
     Two ways to combine, chosen by what the parts hold:
@@ -180,8 +243,9 @@ def merge_calibrations(parts: list[Calibration]) -> Calibration:
       joined along the sizes. The network's trajectory does not depend on the candidates, so a size
       two parts both computed must agree (checked, to 1e-9), and is kept once.
 
-    Either way the schedule is recomputed with :func:`median_size` over the joined table, i.e. what
-    one calibration over all seeds and sizes would choose.
+    Either way the schedule is recomputed with :func:`median_size` over the joined table of
+    ``criterion`` (default: the first part's), i.e. what one calibration over all seeds and sizes would
+    choose. Rollout tables are joined alike when every part has one.
     """
     if not parts:
         raise PatchdbError("give at least one calibration to merge")
@@ -194,8 +258,10 @@ def merge_calibrations(parts: list[Calibration]) -> Calibration:
                 raise PatchdbError(f"cannot merge: the calibrations differ in '{key}' ({first.settings.get(key)!r} vs "
                                    f"{part.settings.get(key)!r}); merge only runs of one network, machine and engine")
     seconds = sum(float(p.settings.get("seconds", 0.0)) for p in parts)
+    with_rollout = all(part.rollout is not None for part in parts)
     if all(part.seeds == first.seeds for part in parts) and len(parts) > 1:
         columns: dict[int, torch.Tensor] = {}
+        rollout_columns: dict[int, torch.Tensor] = {}
         for part in parts:
             for j, k in enumerate(part.sizes):
                 col = part.cosine[:, j, :]
@@ -203,8 +269,11 @@ def merge_calibrations(parts: list[Calibration]) -> Calibration:
                     raise PatchdbError(f"size {k} has different cosines in two of the calibrations over the same seeds; "
                                        "they did not follow the same network trajectory (other weights, device or dtype?)")
                 columns.setdefault(k, col)
+                if with_rollout:
+                    rollout_columns.setdefault(k, part.rollout[:, j, :])
         sizes = tuple(sorted(columns))
         table = torch.stack([columns[k] for k in sizes], dim=1)
+        rollout = torch.stack([rollout_columns[k] for k in sizes], dim=1) if with_rollout else None
         seeds = list(first.seeds)
     else:
         seeds = [m for part in parts for m in part.seeds]
@@ -217,10 +286,15 @@ def merge_calibrations(parts: list[Calibration]) -> Calibration:
                                    "seeds; calibrate with the same --sizes")
         sizes = first.sizes
         table = torch.cat([part.cosine for part in parts], dim=2)
-    chosen = median_size(table, sizes)
+        rollout = torch.cat([part.rollout for part in parts], dim=2) if with_rollout else None
+    if criterion is None:
+        criterion = first.criterion
+    if criterion == "rollout" and rollout is None:
+        raise PatchdbError("criterion 'rollout' needs every part to have a rollout table; some were calibrated before it existed")
+    chosen = median_size(table if check_criterion(criterion) == "cosine" else rollout, sizes)
     settings = dict(first.settings, num=len(seeds), seconds=seconds, merged_from=len(parts))
     schedule = ScaleSchedule(tuple(int(k) for k in chosen), name=first.schedule.name)
-    return Calibration(sizes, seeds, table, schedule, settings)
+    return Calibration(sizes, seeds, table, schedule, settings, rollout, criterion)
 
 
 def write_calibration(cal: Calibration, path: str | Path) -> tuple[Path, Path]:
@@ -240,7 +314,7 @@ def save_heatmap(cal: Calibration, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean = cal.cosine.mean(dim=2).numpy()
+    mean = cal.table.mean(dim=2).numpy()
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(cal.sizes), 1.5 + 0.25 * cal.steps))
     im = ax.imshow(mean, aspect="auto", origin="lower", cmap="viridis")
     ax.set_xticks(range(len(cal.sizes)), [str(k) for k in cal.sizes])
@@ -250,7 +324,7 @@ def save_heatmap(cal: Calibration, path: Path) -> None:
     pos = [cal.sizes.index(k) for k in cal.schedule.sizes]
     ax.plot(pos, range(cal.steps), "o", color="red", ms=5, label="chosen (median over seeds)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8)
-    fig.colorbar(im, ax=ax, label="cosine(network score, machine score)")
+    fig.colorbar(im, ax=ax, label=CRITERIA[cal.criterion])
     ax.set_title(f"calibration over {len(cal.seeds)} seeds", fontsize=9)
     fig.tight_layout()
     with atomic_write(path) as tmp:

@@ -37,6 +37,17 @@ class SampleResult:
     trajectory: torch.Tensor | None  # (S, B, C, H, W): D of each step, step S first
 
 
+def ddim_step(x: torch.Tensor, denoised: torch.Tensor, step: int, steps: int) -> torch.Tensor:
+    """One DDIM step (SPEC.md "Sampler") from step ``step`` (time ``step/steps``) with the denoised ``D``:
+    ``a_{t'} D + b_{t'} eps_hat``, ``t' = (step-1)/steps``; at ``t' = 0`` this is ``D``."""
+    if step <= 1:
+        return denoised
+    a, b = alpha_sigma(step / steps)
+    eps = (x - a * denoised) / b
+    a_next, b_next = alpha_sigma((step - 1) / steps)
+    return a_next * denoised + b_next * eps
+
+
 def ddim_sample(
     denoiser: Denoiser,
     noise: torch.Tensor,
@@ -45,21 +56,26 @@ def ddim_sample(
     keep_trajectory: bool = False,
     callback: Callable[[dict], None] | None = None,
     progress: bool = False,
+    first_step: int | None = None,
 ) -> SampleResult:
     """Deterministic DDIM from x_T = ``noise`` (SPEC.md "Sampler"): for i = S..1,
     ``x <- a_{t'} D + b_{t'} eps_hat`` with ``t = i/S``, ``t' = (i-1)/S``; at ``t' = 0`` this is ``D``.
 
+    ``first_step`` (default S) starts the loop at step ``i = first_step`` instead, with ``noise`` then
+    being the state at time ``first_step/S`` (a sampler run resumed part way; 0 returns it unchanged).
     ``callback`` receives ``{"step": i, "t": t, "x": x, "denoised": D}`` after each step.
     """
+    all_times = times(steps)
+    if first_step is not None:
+        if not 0 <= first_step <= steps:
+            raise PatchdbError(f"first_step {first_step} is outside 0..{steps}")
+        all_times = all_times[steps - first_step:]
     x = noise
     kept = []
-    for t in tqdm(times(steps), desc="sampling", unit="step", disable=not progress, leave=False):
+    for t in tqdm(all_times, desc="sampling", unit="step", disable=not progress, leave=False):
         i = round(t * steps)
         denoised = denoiser(x, t, labels)
-        a, b = alpha_sigma(t)
-        eps = (x - a * denoised) / b
-        a_next, b_next = alpha_sigma((i - 1) / steps)
-        x = a_next * denoised + b_next * eps if i > 1 else denoised
+        x = ddim_step(x, denoised, i, steps)
         if keep_trajectory:
             kept.append(denoised.detach().cpu())
         if callback is not None:

@@ -153,7 +153,7 @@ def test_merging_runs_over_disjoint_seeds_equals_one_run(tmp_path):
     images = tiny_set()
     make = machine_factory("bbels", images)
     net = SwitchingNet(images)
-    run = dict(shape=(1, 10, 10), sizes=(3, 5, 7), steps=4, dtype=torch.float64)
+    run = {"shape": (1, 10, 10), "sizes": (3, 5, 7), "steps": 4, "dtype": torch.float64}
     whole = calibrate(net, make, seeds=[0, 1, 2], **run)
     parts = [calibrate(net, make, seeds=[0, 1], **run), calibrate(net, make, seeds=[2], **run)]
     settings = {"weights": "abc", "model": {"width": 4}, "machine": "bbels", "steps": 4, "seconds": 2.0}
@@ -175,7 +175,7 @@ def test_merging_runs_over_other_sizes_equals_one_run():
     images = tiny_set()
     make = machine_factory("bbels", images)
     net = SwitchingNet(images)
-    run = dict(shape=(1, 10, 10), seeds=[0, 1], steps=4, dtype=torch.float64)
+    run = {"shape": (1, 10, 10), "seeds": [0, 1], "steps": 4, "dtype": torch.float64}
     whole = calibrate(net, make, sizes=(1, 3, 5, 7), **run)
     merged = merge_calibrations([calibrate(net, make, sizes=(3, 5, 7), **run), calibrate(net, make, sizes=(1, 3), **run)])
     assert merged.sizes == (1, 3, 5, 7) and merged.seeds == [0, 1]
@@ -226,3 +226,79 @@ def test_cli_default_sizes_reach_the_receptive_field(tmp_path, tiny_checkpoint):
     assert json.loads(out.read_text())["candidates"] == [3, 5, 7]
     res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--sizes", "3,five", "--out", str(out)])
     assert res.exit_code == 2 and "'auto'" in res.output
+
+
+# ------------------------------------------------------------------------------------------------
+# The rollout criterion: size k at step i only, the network for every other step, final image's r
+# ------------------------------------------------------------------------------------------------
+
+
+def brute_rollout(net, machine, shape, seed, steps):
+    """(S, K) final-image Pearson r, one full sampler run per (step, size): an independent reading of the rule."""
+    from patchdb.compare import pearson
+    from patchdb.sample import ddim_sample, initial_noise
+
+    noise = initial_noise([seed], shape, torch.float64)
+    own = ddim_sample(net, noise.clone(), steps).samples
+    out = torch.zeros(steps, len(machine), dtype=torch.float64)
+    for i in range(1, steps + 1):
+        for j, m in enumerate(machine):
+            def hybrid(x, t, labels=None, i=i, m=m):
+                return m(x, t, labels) if round(t * steps) == i else net(x, t, labels)
+            out[i - 1, j] = pearson(ddim_sample(hybrid, noise.clone(), steps).samples, own)[0]
+    return out
+
+
+def test_rollout_table_equals_one_hybrid_run_per_step_and_size():
+    images = tiny_set()
+    make = machine_factory("bbels", images)
+    net = SwitchingNet(images)
+    sizes, steps = (3, 5, 7), 4
+    cal = calibrate(net, make, (1, 10, 10), seeds=[0, 1], sizes=sizes, steps=steps, dtype=torch.float64,
+                    criterion="rollout")
+    assert cal.criterion == "rollout" and cal.rollout.shape == (steps, 3, 2)
+    machines = [make(ScaleSchedule((k,) * steps)) for k in sizes]
+    for col, seed in enumerate([0, 1]):
+        brute = brute_rollout(net, machines, (1, 10, 10), seed, steps)
+        assert torch.allclose(cal.rollout[:, :, col], brute, rtol=0, atol=1e-12)
+    # the network *is* size 3 at t <= 0.5 and size 5 after: substituting those leaves its image unchanged
+    assert torch.allclose(cal.rollout[:2, 0, :], torch.ones(2, 2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(cal.rollout[2:, 1, :], torch.ones(2, 2, dtype=torch.float64), atol=1e-12)
+    assert cal.schedule.sizes == (3, 3, 5, 5)
+    # both tables are kept: the cosine schedule is one call away and agrees here
+    assert cal.choose("cosine").schedule.sizes == (3, 3, 5, 5)
+
+
+def test_rollout_survives_json_and_merge(tmp_path):
+    images = tiny_set()
+    make = machine_factory("bbels", images)
+    net = SwitchingNet(images)
+    run = {"shape": (1, 10, 10), "sizes": (3, 5), "steps": 3, "dtype": torch.float64}
+    whole = calibrate(net, make, seeds=[0, 1, 2], criterion="rollout", **run)
+    parts = [calibrate(net, make, seeds=[0], **run), calibrate(net, make, seeds=[1, 2], **run)]
+    back = []
+    for j, part in enumerate(parts):
+        path, _ = write_calibration(part, tmp_path / f"p{j}.json")
+        back.append(read_calibration(json.loads(path.read_text()), str(path)))
+    assert back[0].criterion == "cosine" and torch.equal(back[0].rollout, parts[0].rollout)
+    merged = merge_calibrations(back, "rollout")
+    assert torch.allclose(merged.rollout, whole.rollout, rtol=0, atol=1e-12)
+    assert merged.schedule.sizes == whole.schedule.sizes and merged.criterion == "rollout"
+    old = Calibration((3, 5), [5], torch.rand(3, 2, 1, dtype=torch.float64), ScaleSchedule((3, 3, 3)), {})
+    with pytest.raises(PatchdbError, match="rollout table"):
+        merge_calibrations([parts[0], old], "rollout")
+    assert merge_calibrations([parts[0], old]).rollout is None  # by cosine, old parts still merge
+    with pytest.raises(PatchdbError, match="unknown calibration criterion"):
+        merge_calibrations([parts[0]], "psnr")
+    with pytest.raises(PatchdbError, match="no rollout table"):
+        read_calibration({"sizes": [3], "candidates": [3], "seeds": [0], "cosine": [[[1.0]]], "criterion": "rollout"}, "x.json")
+
+
+def test_cli_criterion_rollout(tmp_path, tiny_checkpoint):
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--limit", "12", "--num", "1",
+                                    "--steps", "2", "--sizes", "3,5", "--criterion", "rollout", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["criterion"] == "rollout" and "by rollout" in res.output and "by cosine it would be" in res.output
+    assert len(data["rollout"]) == 2 and parse_schedule(str(out), steps=2).sizes == tuple(data["sizes"])

@@ -111,3 +111,17 @@ def test_labels_and_schedule_errors():
         parse_schedule("nonsense")
     assert parse_schedule("constant:5", 7).sizes == (5,) * 7
     assert len(PRESETS) == 10 and all(len(v) == 20 for v in PRESETS.values())
+
+
+def test_resuming_part_way_gives_the_same_samples():
+    images = torch.rand(5, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    machine = ExactMachine(images, "els")
+    den = lambda x, t, labels=None: machine.denoise(x, t, k=3)
+    noise = initial_noise([0, 1], (1, 6, 6), torch.float64)
+    states = {}
+    full = ddim_sample(den, noise.clone(), 6, callback=lambda info: states.__setitem__(info["step"], info["x"].clone())).samples
+    for start in (5, 3, 1):  # the state after step start + 1, resumed at step start
+        assert torch.equal(ddim_sample(den, states[start + 1], 6, first_step=start).samples, full)
+    assert torch.equal(ddim_sample(den, full, 6, first_step=0).samples, full)
+    with pytest.raises(PatchdbError, match="outside 0..6"):
+        ddim_sample(den, noise, 6, first_step=7)

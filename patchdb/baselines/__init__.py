@@ -2,7 +2,16 @@
 training and checkpoints, and the adapter that makes an epsilon-network a denoiser ``D(x, t, labels)``."""
 
 from .adapter import EpsDenoiser, eps_from_denoiser, score_from_denoiser
-from .models import ARCHS, PADDINGS, ModelConfig, ResNet, UNet, build_model, count_parameters, receptive_field
+from .models import (
+    ARCHS,
+    PADDINGS,
+    ModelConfig,
+    ResNet,
+    UNet,
+    build_model,
+    count_parameters,
+    receptive_field,
+)
 from .train import TrainConfig, check_data_fits, load_checkpoint, read_config, train, weights_digest
 
 __all__ = [
