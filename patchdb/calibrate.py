@@ -308,24 +308,34 @@ def write_calibration(cal: Calibration, path: str | Path) -> tuple[Path, Path]:
 
 
 def save_heatmap(cal: Calibration, path: Path) -> None:
-    """Mean cosine similarity (step x size) with the chosen size of each step marked."""
+    """Heat map (step x size) of each criterion's seed mean, with the chosen size of each step marked.
+
+    Colours are scaled per step (row): within a step the values often differ only in the fifth
+    decimal, which one colour scale over all steps would hide. One panel per table kept.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean = cal.table.mean(dim=2).numpy()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(cal.sizes), 1.5 + 0.25 * cal.steps))
-    im = ax.imshow(mean, aspect="auto", origin="lower", cmap="viridis")
-    ax.set_xticks(range(len(cal.sizes)), [str(k) for k in cal.sizes])
-    ax.set_yticks(range(cal.steps), [str(i + 1) for i in range(cal.steps)])
-    ax.set_xlabel("patch size k")
-    ax.set_ylabel("sampler step i (time i/S)")
+    tables = [("cosine", cal.cosine)] + ([("rollout", cal.rollout)] if cal.rollout is not None else [])
+    fig, axes = plt.subplots(1, len(tables), figsize=(len(tables) * (1.9 + 0.45 * len(cal.sizes)), 1.7 + 0.25 * cal.steps),
+                             squeeze=False)
     pos = [cal.sizes.index(k) for k in cal.schedule.sizes]
-    ax.plot(pos, range(cal.steps), "o", color="red", ms=5, label="chosen (median over seeds)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8)
-    fig.colorbar(im, ax=ax, label=CRITERIA[cal.criterion])
-    ax.set_title(f"calibration over {len(cal.seeds)} seeds", fontsize=9)
+    for ax, (name, table) in zip(axes[0], tables):
+        mean = table.mean(dim=2)
+        low, high = mean.min(dim=1, keepdim=True).values, mean.max(dim=1, keepdim=True).values
+        scaled = ((mean - low) / (high - low).clamp_min(1e-300)).numpy()
+        im = ax.imshow(scaled, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(cal.sizes)), [str(k) for k in cal.sizes])
+        ax.set_yticks(range(cal.steps), [str(i + 1) for i in range(cal.steps)])
+        ax.set_xlabel("patch size k")
+        ax.set_ylabel("sampler step i (time i/S)")
+        ax.plot(mean.argmax(dim=1).numpy(), range(cal.steps), "x", color="black", ms=5, label="best seed mean")
+        ax.plot(pos, range(cal.steps), "o", mfc="none", color="red", ms=7, label=f"chosen (by {cal.criterion})")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, ncol=2)
+        fig.colorbar(im, ax=ax, label="per step: worst 0 .. best 1")
+        ax.set_title(f"{CRITERIA[name]}\n{len(cal.seeds)} seeds", fontsize=8)
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
