@@ -275,19 +275,20 @@ def test_rollout_survives_json_and_merge(tmp_path):
     net = SwitchingNet(images)
     run = {"shape": (1, 10, 10), "sizes": (3, 5), "steps": 3, "dtype": torch.float64}
     whole = calibrate(net, make, seeds=[0, 1, 2], criterion="rollout", **run)
-    parts = [calibrate(net, make, seeds=[0], **run), calibrate(net, make, seeds=[1, 2], **run)]
+    parts = [calibrate(net, make, seeds=[0], criterion="rollout", **run), calibrate(net, make, seeds=[1, 2], criterion="rollout", **run)]
     back = []
     for j, part in enumerate(parts):
-        path, _ = write_calibration(part, tmp_path / f"p{j}.json")
+        path, _ = write_calibration(part.choose("cosine"), tmp_path / f"p{j}.json")
         back.append(read_calibration(json.loads(path.read_text()), str(path)))
     assert back[0].criterion == "cosine" and torch.equal(back[0].rollout, parts[0].rollout)
+    assert calibrate(net, make, seeds=[0], **run).rollout is None  # a cosine run does not pay for the rollouts
     merged = merge_calibrations(back, "rollout")
     assert torch.allclose(merged.rollout, whole.rollout, rtol=0, atol=1e-12)
     assert merged.schedule.sizes == whole.schedule.sizes and merged.criterion == "rollout"
     old = Calibration((3, 5), [5], torch.rand(3, 2, 1, dtype=torch.float64), ScaleSchedule((3, 3, 3)), {})
     with pytest.raises(PatchdbError, match="rollout table"):
         merge_calibrations([parts[0], old], "rollout")
-    assert merge_calibrations([parts[0], old]).rollout is None  # by cosine, old parts still merge
+    assert merge_calibrations([parts[0], old], "cosine").rollout is None  # by cosine, cosine-only parts still merge
     with pytest.raises(PatchdbError, match="unknown calibration criterion"):
         merge_calibrations([parts[0]], "psnr")
     with pytest.raises(PatchdbError, match="no rollout table"):
