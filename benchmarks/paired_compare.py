@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from patchdb.store import atomic_write
+
 
 def load(path: Path) -> dict:
     data = json.loads(path.read_text())
@@ -66,7 +68,8 @@ def main() -> None:
         ax.set_ylabel(f"{name_b}: {args.machine} r^2 (median {np.median(rb):.3f})")
         ax.set_title(f"{name_b} higher on {(d > 0).sum()}/{len(d)} seeds", fontsize=9)
         fig.tight_layout()
-        fig.savefig(args.png, dpi=110)
+        with atomic_write(args.png) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
         print(f"wrote {args.png}")
 
 

@@ -51,6 +51,16 @@ def check_criterion(criterion: str) -> str:
     return criterion
 
 
+def criterion_table(cosine: torch.Tensor, rollout: torch.Tensor | None, criterion: str) -> torch.Tensor:
+    """The (S, K, M) table that ``criterion`` chooses by (higher is better); one line if it was not computed."""
+    if check_criterion(criterion) == "cosine":
+        return cosine
+    if rollout is None:
+        raise PatchdbError("criterion 'rollout' needs a rollout table, which this calibration (or one of the merged "
+                           "parts) lacks; calibrate with --criterion rollout")
+    return rollout
+
+
 @dataclass
 class Calibration:
     sizes: tuple[int, ...]  # candidate patch sizes
@@ -68,7 +78,7 @@ class Calibration:
     @property
     def table(self) -> torch.Tensor:
         """The (S, K, M) table of the criterion (higher is better)."""
-        return self.cosine if self.criterion == "cosine" else self.rollout
+        return criterion_table(self.cosine, self.rollout, self.criterion)
 
     def best_per_seed(self) -> torch.Tensor:
         """(S, M) the best size of each step and seed, by the criterion."""
@@ -76,10 +86,7 @@ class Calibration:
 
     def choose(self, criterion: str) -> Calibration:
         """The same tables with the schedule the other criterion picks."""
-        check_criterion(criterion)
-        if criterion == "rollout" and self.rollout is None:
-            raise PatchdbError("this calibration has no rollout table; calibrate with --criterion rollout")
-        chosen = median_size(self.cosine if criterion == "cosine" else self.rollout, self.sizes)
+        chosen = median_size(criterion_table(self.cosine, self.rollout, criterion), self.sizes)
         return Calibration(self.sizes, list(self.seeds), self.cosine, ScaleSchedule(tuple(int(k) for k in chosen),
                            name=self.schedule.name), dict(self.settings), self.rollout, criterion)
 
@@ -189,24 +196,23 @@ def calibrate(
                 for j, machine in enumerate(machines):
                     d_k.append(machine(x, t, lab_))
                     table[i - 1, j, cols] = cosine(ref, x - a * d_k[-1]).cpu()
-                if rollout is None:
-                    bar.update(n)
-                    return d_net
-                # the machine at this step only, then the network to the end: all K sizes in one batch
-                x_next = ddim_step(x.repeat(len(machines), 1, 1, 1), torch.cat(d_k), i, steps)
-                lab_k = None if lab_ is None else lab_.repeat(len(machines))
-                final = ddim_sample(net, x_next, steps, lab_k, first_step=i - 1).samples
-                finals[i - 1] = final.view(len(machines), n, *final.shape[1:]).cpu()
+                if rollout is not None:
+                    # the machine at this step only, then the network to the end: all K sizes in one batch
+                    x_next = ddim_step(x.repeat(len(machines), 1, 1, 1), torch.cat(d_k), i, steps)
+                    lab_k = None if lab_ is None else lab_.repeat(len(machines))
+                    final = ddim_sample(net, x_next, steps, lab_k, first_step=i - 1).samples
+                    finals[i - 1] = final.view(len(machines), n, *final.shape[1:]).cpu()
                 bar.update(n)
                 return d_net
 
             own = ddim_sample(probe, noise, steps, lab).samples.cpu()
-            for i in range(steps if rollout is not None else 0):
-                for j in range(len(sizes)):
-                    rollout[i, j, cols] = pearson(finals[i][j], own)
+            if rollout is not None:
+                for i in range(steps):
+                    for j in range(len(sizes)):
+                        rollout[i, j, cols] = pearson(finals[i][j], own)
     finally:
         bar.close()
-    chosen = median_size(table if criterion == "cosine" else rollout, sizes)
+    chosen = median_size(criterion_table(table, rollout, criterion), sizes)
     return Calibration(sizes, list(seeds), table, ScaleSchedule(tuple(int(k) for k in chosen), name="calibrated"),
                        rollout=rollout, criterion=criterion)
 
@@ -290,11 +296,8 @@ def merge_calibrations(parts: list[Calibration], criterion: str | None = None) -
         sizes = first.sizes
         table = torch.cat([part.cosine for part in parts], dim=2)
         rollout = torch.cat([part.rollout for part in parts], dim=2) if with_rollout else None
-    if criterion is None:
-        criterion = first.criterion
-    if criterion == "rollout" and rollout is None:
-        raise PatchdbError("criterion 'rollout' needs every part to have a rollout table; calibrate the others with --criterion rollout too")
-    chosen = median_size(table if check_criterion(criterion) == "cosine" else rollout, sizes)
+    criterion = first.criterion if criterion is None else criterion
+    chosen = median_size(criterion_table(table, rollout, criterion), sizes)
     settings = dict(first.settings, num=len(seeds), seconds=seconds, merged_from=len(parts))
     schedule = ScaleSchedule(tuple(int(k) for k in chosen), name=first.schedule.name)
     return Calibration(sizes, seeds, table, schedule, settings, rollout, criterion)
