@@ -28,7 +28,7 @@ from .options import DTYPES, dataset_options
 @click.option("--criterion", type=click.Choice(list(CRITERIA)), default="cosine", show_default=True,
               help="What picks each step's size: 'cosine' of network and machine scores (SPEC.md, the paper's default) or "
                    "'rollout', the Pearson r of the network's final image when the machine takes that one step "
-                   "(an extension, ~15% slower; keeps the cosine table too).")
+                   "(an extension, a few to ~15% slower; keeps the cosine table too).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json",
               help="Schedule JSON (usable as --schedule); the heat map PNG goes beside it.")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, steps, label,

@@ -10,7 +10,7 @@ A second criterion, ``rollout`` (a documented extension of SPEC.md), asks what t
 *final image*: at step ``i`` take one DDIM step with the machine's ``D_k`` instead of the network's, let
 the network sample the remaining steps, and score size ``k`` by the Pearson ``r`` of that final image
 with the network's own. It needs the same machine evaluations as the cosine (the expensive part) plus
-``K`` batched network rollouts per step (~15% more time on the CPU), so a rollout run keeps both tables
+``K`` batched network rollouts per step (3-17% more wall time measured on the CPU), so a rollout run keeps both tables
 and a cosine run only its own. With an even number of seeds both middle values are medians: the one
 whose criterion averaged over the seeds is higher is taken (:func:`median_size`), so the choice is
 always a candidate and does not lean towards the smaller size.
