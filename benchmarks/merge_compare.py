@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from patchdb.compare import Comparison, format_table, save_scatter
+from patchdb.store import atomic_write
 
 
 def merge(folders: list[Path]) -> Comparison:
@@ -45,7 +46,9 @@ if __name__ == "__main__":
                          "`patchdb compare --out` (or by this script)")
     cmp = merge(runs)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1))
-    (out / "compare.txt").write_text(format_table(cmp) + "\n")
+    with atomic_write(out / "compare.json") as tmp:
+        tmp.write_text(json.dumps(cmp.to_dict(), indent=1))
+    with atomic_write(out / "compare.txt") as tmp:
+        tmp.write_text(format_table(cmp) + "\n")
     save_scatter(cmp, out / "scatter.png")
     print(format_table(cmp))
