@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 import torch
 
-from patchdb.baselines import ARCHS, PADDINGS, ModelConfig, TrainConfig, read_config, train
+from patchdb.baselines import (
+    ARCHS,
+    PADDINGS,
+    PREDICTS,
+    ModelConfig,
+    TrainConfig,
+    read_config,
+    train,
+)
 from patchdb.errors import PatchdbError
 
 from .options import dataset_options, load_from_options, resolve_device
@@ -17,6 +25,9 @@ from .options import dataset_options, load_from_options, resolve_device
 @dataset_options
 @click.option("--arch", type=click.Choice(ARCHS), default="resnet", help="Network architecture.")
 @click.option("--padding", type=click.Choice(PADDINGS), default="zeros", help="Convolution padding.")
+@click.option("--predict", type=click.Choice(PREDICTS), default="eps",
+              help="What the output convolution predicts: eps (the paper's networks) or v (eps_hat = b_t x + a_t v_hat; "
+                   "same loss, bounded D at t = 1).")
 @click.option("--conditional", is_flag=True, help="Class-conditional (a class embedding is added to the time embedding).")
 @click.option("--width", type=click.IntRange(min=1), default=64, help="Feature channels (paper: 256).")
 @click.option("--depth", type=click.IntRange(min=1), default=6, help="ResNet: conv layers (blocks); UNet: blocks per level.")
@@ -33,7 +44,7 @@ from .options import dataset_options, load_from_options, resolve_device
 @click.option("--save-every", type=click.FloatRange(min=1), default=300.0, help="Seconds between checkpoints.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Checkpoint folder.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out (same model settings).")
-def command(dataset, root, split, download, limit, only_classes, policy, arch, padding, conditional, width, depth,
+def command(dataset, root, split, download, limit, only_classes, policy, arch, padding, predict, conditional, width, depth,
             epochs, minutes, batch_size, lr, lr_final, weight_decay, ema, seed, device, threads, save_every, out, resume):
     """Train a convolution-only diffusion baseline (epsilon prediction, SPEC.md's schedule)."""
     if threads:
@@ -50,7 +61,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, arch, p
     if data.height != data.width:
         raise PatchdbError(f"the networks take square images; the dataset is {data.height}x{data.width}")
     cfg = ModelConfig(arch=arch, channels=data.channels, image_size=data.height, width=width, depth=depth,
-                      padding=padding, num_classes=data.num_classes if conditional else None)
+                      padding=padding, num_classes=data.num_classes if conditional else None, predict=predict)
     tc = TrainConfig(epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr, lr_final=lr_final,
                      weight_decay=weight_decay, ema=ema, seed=seed, save_every=save_every)
     data_info = {"name": data.name, "count": len(data), "fingerprint": data.fingerprint(), "meta": data.meta,
@@ -60,7 +71,8 @@ def command(dataset, root, split, download, limit, only_classes, policy, arch, p
         old = read_config(out)
         if old.get("dataset", {}).get("fingerprint") not in (None, data.fingerprint()):
             raise PatchdbError(f"{out} was trained on another dataset (fingerprint differs); resume with the same data")
-    click.echo(f"{arch} ({padding}, width {width}, depth {depth}{', conditional' if conditional else ''}) on "
+    click.echo(f"{arch} ({padding}, width {width}, depth {depth}{', conditional' if conditional else ''}"
+               f"{', predicts v' if predict == 'v' else ''}) on "
                f"{len(data)} images of {data.name} ({data.channels}x{data.height}x{data.width}), device {dev}", err=True)
     result = train(cfg, tc, data.to_float(), data.labels, out, resume=resume, device=dev, data_info=data_info,
                    progress=True)

@@ -192,3 +192,47 @@ def test_cli_train_writes_checkpoint_and_refuses_overwrite(tmp_path):
     res = CliRunner().invoke(main, args[:-4] + ["--epochs", "2", "-b", "8", "--resume", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "config.json").read_text())["steps"] == 4
+
+
+def test_v_network_is_its_head_through_eps_hat_equals_b_x_plus_a_v():
+    torch.manual_seed(3)
+    eps_net = build_model(tiny_cfg()).eval()
+    v_net = build_model(tiny_cfg(predict="v")).eval()
+    v_net.load_state_dict(eps_net.state_dict())  # same weights: eps_net's output is v_net's head
+    x = torch.randn(4, 1, 8, 8)
+    times = [0.0, 0.3, 0.999, 1.0]
+    with torch.no_grad():
+        head = eps_net(x, torch.tensor(times))
+        out = v_net(x, torch.tensor(times))
+        for i, t in enumerate(times):
+            a, b = alpha_sigma(t)
+            assert torch.allclose(out[i], b * x[i] + a * head[i], atol=1e-6)
+            # through the adapter, D = a x - b v_hat: no 1 / a_t at t = 1
+            d = EpsDenoiser(v_net)(x[i : i + 1], t)
+            if t > 0:
+                assert torch.allclose(d[0], a * x[i] - b * head[i], atol=1e-4)
+
+
+def test_v_checkpoints_say_so_and_eps_checkpoints_are_unchanged(tmp_path):
+    images = small_images()
+    tc = TrainConfig(epochs=1, batch_size=8, ema=0, save_every=1e9)
+    train(tiny_cfg(predict="v"), tc, images, None, tmp_path / "v")
+    train(tiny_cfg(), tc, images, None, tmp_path / "eps")
+    conf_v = json.loads((tmp_path / "v" / "config.json").read_text())
+    conf_e = json.loads((tmp_path / "eps" / "config.json").read_text())
+    assert conf_v["model"]["predict"] == "v" and conf_v["format-version"] == 2
+    assert "predict" not in conf_e["model"] and conf_e["format-version"] == 1  # as written before v existed
+    assert load_checkpoint(tmp_path / "v")[1].predict == "v"
+    assert load_checkpoint(tmp_path / "eps")[1].predict == "eps"
+    with pytest.raises(PatchdbError, match="predict=eps but v was asked for"):
+        train(tiny_cfg(predict="v"), tc, images, None, tmp_path / "eps", resume=True)
+    with pytest.raises(PatchdbError, match="unknown prediction target"):
+        tiny_cfg(predict="x0")
+
+
+def test_cli_train_predict_v(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--limit", "16", "--width", "4", "--depth", "1", "--epochs", "1", "-b", "8",
+                                    "--predict", "v", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(out)[1].predict == "v"

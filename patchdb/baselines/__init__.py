@@ -5,6 +5,7 @@ from .adapter import EpsDenoiser, eps_from_denoiser, score_from_denoiser
 from .models import (
     ARCHS,
     PADDINGS,
+    PREDICTS,
     ModelConfig,
     ResNet,
     UNet,
@@ -15,7 +16,7 @@ from .models import (
 from .train import TrainConfig, check_data_fits, load_checkpoint, read_config, train, weights_digest
 
 __all__ = [
-    "ARCHS", "PADDINGS", "EpsDenoiser", "ModelConfig", "ResNet", "TrainConfig", "UNet", "build_model",
+    "ARCHS", "PADDINGS", "PREDICTS", "EpsDenoiser", "ModelConfig", "ResNet", "TrainConfig", "UNet", "build_model",
     "check_data_fits", "count_parameters", "eps_from_denoiser", "load_checkpoint", "read_config",
     "receptive_field", "score_from_denoiser", "train", "weights_digest",
 ]

@@ -8,6 +8,11 @@
   ``attention=True`` adds one self-attention block at the lowest resolution (the paper's "attention" model).
 
 Every network maps ``(x_t (B, C, H, W), t (B,) in [0, 1], labels (B,) or None) -> epsilon_hat (B, C, H, W)``.
+With ``predict="eps"`` (the paper's networks, the default) the output convolution gives ``epsilon_hat``
+itself; with ``predict="v"`` it gives ``v_hat`` (the "v" of Salimans & Ho 2022, ``v = a_t eps - b_t x_0``)
+and the network returns ``epsilon_hat = b_t x_t + a_t v_hat``: the same loss and interface, but its
+denoised image ``D = a_t x_t - b_t v_hat`` stays bounded at ``t = 1``, where an epsilon network's
+``D = (x_t - b_t eps_hat) / a_t`` multiplies any error of ``eps_hat`` by ``b_t / a_t`` (about 80).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..errors import PatchdbError
 
 ARCHS = ("resnet", "unet", "unet-attn")
 PADDINGS = ("zeros", "circular")
+PREDICTS = ("eps", "v")
 
 
 @dataclass(frozen=True)
@@ -38,12 +44,15 @@ class ModelConfig:
     num_classes: int | None = None  # None: unconditional
     emb_dim: int = 128
     extra: dict = field(default_factory=dict)
+    predict: str = "eps"  # what the output convolution predicts: "eps" (the paper) or "v" (module docstring)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise PatchdbError(f"unknown architecture '{self.arch}'; choose one of {', '.join(ARCHS)}")
         if self.padding not in PADDINGS:
             raise PatchdbError(f"unknown padding '{self.padding}'; choose zeros or circular")
+        if self.predict not in PREDICTS:
+            raise PatchdbError(f"unknown prediction target '{self.predict}'; choose eps or v")
         if self.width < 1 or self.depth < 1 or self.channels < 1:
             raise PatchdbError(f"width, depth and channels must be positive, got {self.width}, {self.depth}, {self.channels}")
         if self.arch != "resnet" and self.image_size % 4:
@@ -54,7 +63,12 @@ class ModelConfig:
         return self.num_classes is not None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # An epsilon network's dict is the one written before ``predict`` existed, so the configs,
+        # calibrations and comparisons of those networks keep comparing equal.
+        out = asdict(self)
+        if out["predict"] == "eps":
+            del out["predict"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -90,6 +104,20 @@ class Embedding(nn.Module):
                 )
             emb = emb + self.classes(labels.long())
         return emb
+
+
+def schedule_ab(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectorised ``(a_t, b_t)`` of the legacy cosine schedule: ``a = cos(theta)``, ``b = sin(theta)``."""
+    theta = (t / 1.008) * (math.pi / 2)
+    return torch.cos(theta), torch.sin(theta)
+
+
+def epsilon_from_head(cfg: ModelConfig, head: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The network's ``epsilon_hat`` from what its output convolution gave (module docstring)."""
+    if cfg.predict == "eps":
+        return head
+    a, b = (v.to(head.dtype).view(-1, 1, 1, 1) for v in schedule_ab(t))
+    return b * x.to(head.dtype) + a * head
 
 
 def conv3(cin: int, cout: int, padding: str) -> nn.Conv2d:
@@ -132,7 +160,7 @@ class ResNet(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(F.silu(h))
+        return epsilon_from_head(self.cfg, self.out(F.silu(h)), x, t)
 
 
 class SelfAttention(nn.Module):
@@ -190,7 +218,7 @@ class UNet(nn.Module):
             h = torch.cat([self.ups[level](h), skips[level]], dim=1)
             for block in self.up[level]:
                 h = block(h, emb)
-        return self.out(F.silu(h))
+        return epsilon_from_head(self.cfg, self.out(F.silu(h)), x, t)
 
 
 def receptive_field(cfg: ModelConfig) -> int:

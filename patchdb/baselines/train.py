@@ -30,12 +30,14 @@ from tqdm.auto import tqdm
 
 from ..errors import PatchdbError, PatchdbFileError
 from ..store import atomic_write, generated_by
-from .models import ModelConfig, build_model, count_parameters
+from .models import ModelConfig, build_model, count_parameters, schedule_ab
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "patchdb-checkpoint"
-CHECKPOINT_VERSION = 1
+# Version 2 only adds the model's ``predict`` field; networks predicting eps are still written as
+# version 1, so that earlier patchdb versions keep reading them and refuse the ones they would misread.
+CHECKPOINT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,6 @@ class TrainConfig:
             raise PatchdbError("batch size and learning rates must be positive")
         if not 0.0 <= self.ema < 1.0:
             raise PatchdbError(f"--ema {self.ema} must be in [0, 1); 0 turns EMA off")
-
-
-def schedule_ab(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vectorised ``(a_t, b_t)`` of the legacy cosine schedule: ``a = cos(theta)``, ``b = sin(theta)``."""
-    theta = (t / 1.008) * (math.pi / 2)
-    return torch.cos(theta), torch.sin(theta)
 
 
 def diffusion_loss(net: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
@@ -150,7 +146,7 @@ def _load_state(net: nn.Module, state: dict, cfg: ModelConfig, where) -> None:
 
 
 def check_same_model(found: ModelConfig, wanted: ModelConfig, where: str) -> None:
-    for name in ("arch", "channels", "image_size", "width", "depth", "padding", "num_classes"):
+    for name in ("arch", "channels", "image_size", "width", "depth", "padding", "num_classes", "predict"):
         a, b = getattr(found, name), getattr(wanted, name)
         if a != b:
             raise PatchdbError(f"checkpoint {where} has {name}={a} but {b} was asked for; drop the option or use another --out")
@@ -176,7 +172,7 @@ def save_checkpoint(folder: Path, cfg: ModelConfig, net: nn.Module, ema: nn.Modu
                     "ema": None if ema is None else ema.state_dict(), "opt": opt.state_dict(), **state}, tmp)
     with atomic_write(paths["model.pt"]) as tmp:
         torch.save(sample_net.state_dict(), tmp)
-    config = {"format": CHECKPOINT_FORMAT, "format-version": CHECKPOINT_VERSION, "generated-by": generated_by(),
+    config = {"format": CHECKPOINT_FORMAT, "format-version": 1 if cfg.predict == "eps" else 2, "generated-by": generated_by(),
               "model": cfg.to_dict(), "weights": "ema" if ema is not None else "raw", **info}
     with atomic_write(paths["config.json"]) as tmp:
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
