@@ -14,6 +14,12 @@ next is what the machine's step j costs; the gap between the two columns is what
     python benchmarks/divergence.py run -c CK --dataset mnist --root DATA --split test \\
         -s CK/schedule.json --seed 0 --num 8 --threads 1 --out prof-0.json
     python benchmarks/divergence.py report prof-0.json prof-8.json [--png profile.png]
+    python benchmarks/divergence.py denoised -c CK_A -c CK_B ... --dataset mnist --root DATA --split test \
+        [--times 1,0.95,0.9] [--seed 0 --num 16]
+
+``denoised`` compares networks at the first, noisiest steps: for each t, the rms distance of each
+network's D(noise, t) from the training mean, and the median over seeds of the Pearson r between two
+networks' D - mean (how much of what they add to the mean they share).
 
 Also printed by ``run``: at t = 1, the root-mean-square distance of the network's and the machine's
 denoised images D from the training set's mean image (the ideal denoiser there is within ~0.02 of it).
@@ -136,6 +142,27 @@ def report(args: argparse.Namespace) -> None:
         print(f"wrote {args.png}")
 
 
+def denoised(args: argparse.Namespace) -> None:
+    import itertools
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset(None if args.dataset == "embedded" else args.dataset, root=args.root, split=args.split,
+                        limit=args.limit)
+    mean = data.to_float(torch.float32).mean(0, keepdim=True)
+    noise = initial_noise(list(range(args.seed, args.seed + args.num)), (data.channels, data.height, data.width))
+    nets = {str(ck): load_network(ck, data.channels, data.height, data.width)[0] for ck in args.checkpoint}
+    for t in (float(x) for x in args.times.split(",")):
+        extra = {}
+        with torch.no_grad():
+            for name, net in nets.items():
+                extra[name] = (net(noise, t, None) - mean).flatten(1).double()
+                print(f"t = {t:g}  rms of D - mean  {extra[name].pow(2).mean().sqrt():.3f}  {name}")
+        for a, b in itertools.combinations(nets, 2):
+            r = pearson(extra[a], extra[b])
+            print(f"t = {t:g}  median r of D - mean  {r.median():.3f}  {a} vs {b}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -155,8 +182,18 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("parts", type=Path, nargs="+")
     p.add_argument("--png", type=Path)
+    d = sub.add_parser("denoised")
+    d.add_argument("-c", "--checkpoint", type=Path, action="append", required=True)
+    d.add_argument("--dataset", default="embedded")
+    d.add_argument("--root")
+    d.add_argument("--split", default="train")
+    d.add_argument("--limit", type=int)
+    d.add_argument("--times", default="1,0.95,0.9")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--num", type=int, default=16)
+    d.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    run(args) if args.cmd == "run" else report(args)
+    {"run": run, "report": report, "denoised": denoised}[args.cmd](args)
 
 
 if __name__ == "__main__":
