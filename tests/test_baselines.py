@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +237,22 @@ def test_cli_train_predict_v(tmp_path):
                                     "--predict", "v", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert load_checkpoint(out)[1].predict == "v"
+
+
+COMMITTED = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "checkpoints").glob("*/config.json"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[f.name for f in COMMITTED])
+def test_committed_checkpoints_load_and_denoise(folder):
+    # The README's results are rerun from these folders: each must still load with this code, and a
+    # v network must be read as one (its head changes what the weights mean).
+    from patchdb.baselines import EpsDenoiser, load_checkpoint
+
+    net, cfg, info = load_checkpoint(folder)
+    assert cfg.predict == ("v" if "-v-" in folder.name else "eps")
+    assert info["format-version"] == (2 if cfg.predict == "v" else 1)
+    x = initial_noise([0, 1], (cfg.channels, cfg.image_size, cfg.image_size))
+    labels = torch.tensor([0, 1]) if cfg.conditional else None
+    with torch.no_grad():
+        d = EpsDenoiser(net, conditional=cfg.conditional)(x, 0.5, labels)
+    assert d.shape == x.shape and torch.isfinite(d).all()
