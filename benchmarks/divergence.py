@@ -58,11 +58,16 @@ def profile(net, machine, noise: torch.Tensor, steps: int, mode: str) -> dict[in
     return out
 
 
-def run(args: argparse.Namespace) -> None:
+def load_data(args: argparse.Namespace):
+    """Set the thread count and read the dataset of the common options."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_dataset(None if args.dataset == "embedded" else args.dataset, root=args.root, split=args.split,
+    return load_dataset(None if args.dataset == "embedded" else args.dataset, root=args.root, split=args.split,
                         limit=args.limit)
+
+
+def run(args: argparse.Namespace) -> None:
+    data = load_data(args)
     net, cfg, _ = load_network(args.checkpoint, data.channels, data.height, data.width)
     if cfg.conditional:
         raise SystemExit("error: this profile covers unconditional networks only")
@@ -145,10 +150,7 @@ def report(args: argparse.Namespace) -> None:
 def denoised(args: argparse.Namespace) -> None:
     import itertools
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_dataset(None if args.dataset == "embedded" else args.dataset, root=args.root, split=args.split,
-                        limit=args.limit)
+    data = load_data(args)
     mean = data.to_float(torch.float32).mean(0, keepdim=True)
     noise = initial_noise(list(range(args.seed, args.seed + args.num)), (data.channels, data.height, data.width))
     nets = {str(ck): load_network(ck, data.channels, data.height, data.width)[0] for ck in args.checkpoint}
@@ -166,30 +168,26 @@ def denoised(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dataset", default="embedded")
+    common.add_argument("--root")
+    common.add_argument("--split", default="train")
+    common.add_argument("--limit", type=int)
+    common.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run", parents=[common])
     r.add_argument("-c", "--checkpoint", type=Path, required=True)
-    r.add_argument("--dataset", default="embedded")
-    r.add_argument("--root")
-    r.add_argument("--split", default="train")
-    r.add_argument("--limit", type=int)
     r.add_argument("-s", "--schedule", required=True)
     r.add_argument("--machine", default="bbels")
     r.add_argument("--steps", type=int, default=20)
-    r.add_argument("--seed", type=int, default=0)
     r.add_argument("--num", type=int, default=8)
     r.add_argument("--threads", type=int)
     r.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("report")
     p.add_argument("parts", type=Path, nargs="+")
     p.add_argument("--png", type=Path)
-    d = sub.add_parser("denoised")
+    d = sub.add_parser("denoised", parents=[common])
     d.add_argument("-c", "--checkpoint", type=Path, action="append", required=True)
-    d.add_argument("--dataset", default="embedded")
-    d.add_argument("--root")
-    d.add_argument("--split", default="train")
-    d.add_argument("--limit", type=int)
     d.add_argument("--times", default="1,0.95,0.9")
-    d.add_argument("--seed", type=int, default=0)
     d.add_argument("--num", type=int, default=16)
     d.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

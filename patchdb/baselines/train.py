@@ -172,7 +172,7 @@ def save_checkpoint(folder: Path, cfg: ModelConfig, net: nn.Module, ema: nn.Modu
                     "ema": None if ema is None else ema.state_dict(), "opt": opt.state_dict(), **state}, tmp)
     with atomic_write(paths["model.pt"]) as tmp:
         torch.save(sample_net.state_dict(), tmp)
-    config = {"format": CHECKPOINT_FORMAT, "format-version": 1 if cfg.predict == "eps" else 2, "generated-by": generated_by(),
+    config = {"format": CHECKPOINT_FORMAT, "format-version": 1 if cfg.predict == "eps" else CHECKPOINT_VERSION, "generated-by": generated_by(),
               "model": cfg.to_dict(), "weights": "ema" if ema is not None else "raw", **info}
     with atomic_write(paths["config.json"]) as tmp:
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
