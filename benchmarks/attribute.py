@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from patchdb.attribute import attribute_file, storage_bytes
 from patchdb.data import load_dataset
+from patchdb.denoisers.factory import make_denoiser
 from patchdb.generate import generate
-from patchdb.indexfile import BuildConfig, build_index_file, open_index
+from patchdb.indexing.builder import BuildConfig, build_index_file
+from patchdb.indexing.reader import open_index
 from patchdb.schedule import parse_schedule
-from patchdb.score import make_denoiser
 from patchdb.store import write_samples
 
 

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchdb.compare import load_network, machine_factory, pearson
 from patchdb.data import load_dataset
-from patchdb.sample import ddim_sample, ddim_step, initial_noise
+from patchdb.evaluation.factories import load_network, machine_factory
+from patchdb.evaluation.metrics import pearson
+from patchdb.sampler import ddim_sample, ddim_step, initial_noise
 from patchdb.schedule import parse_schedule
 from patchdb.store import atomic_write
 

@@ -1,6 +1,6 @@
 """Recall@K of the bbELS edge families, per edge row, for several PCA widths of the edge indexes.
 
-Builds one index file per width (``patchdb.index.EDGE_PCA_DIM``) over the first N images and, for
+Builds one index file per width (``patchdb.indexing.faiss_ops.EDGE_PCA_DIM``) over the first N images and, for
 every edge row/column sub-index, measures recall@K on data-like queries (a stored window plus noise
 0.2, tie-aware, as the builder's tuner) at the nprobe / re-rank factor the builder tuned on row 0.
 
@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import patchdb.index as fx
-import patchdb.indexfile as ixf
+import patchdb.indexing.builder as ixf
+import patchdb.indexing.faiss_ops as fx
 from patchdb.data import load_dataset
 
 

@@ -52,8 +52,8 @@ def peak_mib() -> float:
 
 def one_call(args) -> dict:
     """Median seconds of one bbELS call at (N, k, batch) with t where the schedule uses k."""
+    from patchdb.denoisers.exact import ExactMachine
     from patchdb.schedule import PRESETS
-    from patchdb.score import ExactMachine
 
     images = load(args.n, args.root)
     sizes = PRESETS[SCHEDULE]
@@ -71,8 +71,8 @@ def one_call(args) -> dict:
 
 def one_dedup(args) -> dict:
     """One bbELS call at (N, k, batch) with and without distinct-window pools, same inputs."""
+    from patchdb.denoisers.exact import ExactMachine
     from patchdb.schedule import PRESETS
-    from patchdb.score import ExactMachine
 
     images = load(args.n, args.root)
     sizes = PRESETS[SCHEDULE]
@@ -105,9 +105,9 @@ def one_sample(args) -> dict:
     sys.path.insert(0, str(HERE))
     from conv_baseline import conv_bbels
 
-    from patchdb.sample import ddim_sample, initial_noise
+    from patchdb.denoisers.exact import ExactMachine
+    from patchdb.sampler import ddim_sample, initial_noise
     from patchdb.schedule import parse_schedule
-    from patchdb.score import ExactMachine
 
     images = load(args.n, args.root)
     sched = parse_schedule(SCHEDULE)

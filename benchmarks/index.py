@@ -32,23 +32,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import patchdb.index as fx
+import patchdb.denoisers.retrieval as ap
+import patchdb.indexing.faiss_ops as fx
 from patchdb.data import load_dataset
-from patchdb.indexfile import (
+from patchdb.denoisers.factory import make_denoiser
+from patchdb.denoisers.retrieval import DEFAULT_SCAN_CAP
+from patchdb.indexing.builder import (
     CHUNK_ELEMENTS,
     BuildConfig,
-    Entry,
     _build_entry,
-    entries_for,
-    lit_integral,
-    open_index,
     piece_path,
     recall_probe,
-    take_out_blanks,
 )
+from patchdb.indexing.format import Entry, entries_for
+from patchdb.indexing.reader import open_index
+from patchdb.indexing.windows import lit_integral, take_out_blanks
 from patchdb.schedule import alpha_sigma, parse_schedule
-from patchdb.score import make_denoiser
-from patchdb.score.approx import DEFAULT_SCAN_CAP
 
 
 @click.group()
@@ -208,8 +207,6 @@ def speed(file, schedule, batches, topk, tail, label, skip_exact, scan_cap, size
 def breakdown(file, schedule, batch, tail, scan_cap, k_factor):
     """Where one approximate sample goes: search, re-rank and the rest (corner scans, tail, bookkeeping)
     per step, every step of the schedule called once (index loads and prepare() excluded)."""
-    import patchdb.score.approx as ap
-
     sched = parse_schedule(schedule)
     spent = {"search": 0.0, "rerank": 0.0}
 
@@ -316,7 +313,7 @@ def _build_one(images: torch.Tensor, k: int, cand_pos: torch.Tensor, config) -> 
     chosen = [c for c in info["recall_curve"] if (c["nprobe"], c["k_factor"]) == (info["nprobe"], info["k_factor"])]
     tuning = {"nprobe": info["nprobe"], "k_factor": info["k_factor"], "recall": info["recall"],
               "curve": info["recall_curve"], "ms_per_query": chosen[0]["ms_per_query"] if chosen else 0.0}
-    if fx._ivf(index) is not None:
+    if fx.as_ivf(index) is not None:
         take_out_blanks(index, lit_integral(images), images.shape[2], images.shape[3], k, cand_pos, where=f"k={k}")
     return index, tuning, info["plan"]["key"], info["seconds"], nbytes
 

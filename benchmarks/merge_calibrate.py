@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from patchdb.calibrate import merge_calibrations, read_calibration, write_calibration
 from patchdb.errors import PatchdbError
+from patchdb.evaluation.calibrate import merge_calibrations, read_calibration, write_calibration
 
 if __name__ == "__main__":
     args, criterion = sys.argv[1:], None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from patchdb.compare import Comparison, format_table, save_scatter
+from patchdb.evaluation.compare import Comparison, format_table, save_scatter
 from patchdb.store import atomic_write
 
 

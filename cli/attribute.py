@@ -17,7 +17,7 @@ from patchdb.attribute import (
     training_set_of,
 )
 from patchdb.errors import PatchdbError
-from patchdb.indexfile import open_index
+from patchdb.indexing.reader import open_index
 from patchdb.store import check_writable, read_samples
 
 from .options import DTYPES

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from patchdb.errors import PatchdbError
-from patchdb.index import parse_bytes
-from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
+from patchdb.indexing.builder import BuildConfig, build_index_file
+from patchdb.indexing.faiss_ops import parse_bytes, set_threads
+from patchdb.indexing.reader import IndexFile
 from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
 
@@ -42,8 +43,6 @@ def default_out(dataset: str, machine: Machine) -> Path:
 def command(dataset, root, split, download, limit, only_classes, policy, machine, scales, index_key, memory,
             recall_k, threads, seed, out, add, force):
     """Build the patch index file of a dataset for a machine and a set of patch sizes."""
-    from patchdb.index import set_threads
-
     machine = Machine.parse(machine)
     sizes = parse_schedule(scales).distinct()
     out = Path(out) if out else default_out(dataset, machine)

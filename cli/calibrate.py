@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from patchdb.baselines import receptive_field, weights_digest
-from patchdb.calibrate import CRITERIA, calibrate, check_sizes, write_calibration
-from patchdb.compare import machine_factory
 from patchdb.errors import PatchdbError
+from patchdb.evaluation.calibrate import CRITERIA, calibrate, check_sizes, write_calibration
+from patchdb.evaluation.factories import machine_factory
 from patchdb.spec import Machine
 from patchdb.store import check_writable
 

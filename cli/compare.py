@@ -7,15 +7,9 @@ import time
 import click
 import torch
 
-from patchdb.compare import (
-    compare,
-    format_table,
-    load_network,
-    machine_factory,
-    seed_labels,
-    write_report,
-)
 from patchdb.errors import PatchdbError
+from patchdb.evaluation.compare import compare, format_table, write_report
+from patchdb.evaluation.factories import load_network, machine_factory, seed_labels
 from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
 

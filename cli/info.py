@@ -6,7 +6,8 @@ import json
 
 import click
 
-from patchdb.indexfile import CACHE_ENV, open_index
+from patchdb.indexing.format import CACHE_ENV
+from patchdb.indexing.reader import open_index
 
 
 def _mib(n: int) -> str:

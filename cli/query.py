@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from patchdb.attribute import check_fingerprint, dataset_from_index, query, training_set_of
 from patchdb.errors import PatchdbError
+from patchdb.indexing.reader import open_index
 from patchdb.store import check_writable, read_samples
 
 from .attribute import parse_ints
@@ -87,8 +88,6 @@ def command(ctx, image, sample_id, index_path, dataset, root, split, download, l
     index = None
     dataset_given = ctx.get_parameter_source("dataset") is not click.core.ParameterSource.DEFAULT
     if index_path:
-        from patchdb.indexfile import open_index
-
         index = open_index(index_path)
         index.check(machine, [size])
         train = dataset_from_index(index)

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
+from patchdb.denoisers.exact import ExactMachine
+from patchdb.denoisers.factory import make_denoiser
+from patchdb.denoisers.retrieval import DEFAULT_SCAN_CAP
 from patchdb.generate import generate, sample_labels
+from patchdb.indexing.reader import open_index
 from patchdb.plots import save_grid
 from patchdb.schedule import parse_schedule
-from patchdb.score import ExactMachine
-from patchdb.score.approx import DEFAULT_SCAN_CAP
 from patchdb.spec import Machine
 from patchdb.store import check_writable, write_samples
 
@@ -79,9 +81,6 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
 def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype, save_trajectory, out,
                   exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap):
     """``sample --index``: the approximate engine over the file, or ``--exact`` on the images it stores."""
-    from patchdb.indexfile import open_index
-    from patchdb.score import make_denoiser
-
     with open_index(index_file) as f:
         sched = parse_schedule(schedule, steps)
         labels = sample_labels(num, label, len(f.meta["classes"]), seed)

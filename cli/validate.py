@@ -7,11 +7,12 @@ import sys
 
 import click
 
+from patchdb.denoisers.factory import make_denoiser
+from patchdb.denoisers.retrieval import DEFAULT_SCAN_CAP, DEFAULT_TOPK
+from patchdb.evaluation.validate import validate_engines
 from patchdb.generate import sample_labels
-from patchdb.indexfile import open_index
+from patchdb.indexing.reader import open_index
 from patchdb.schedule import parse_schedule
-from patchdb.score import make_denoiser
-from patchdb.score.approx import DEFAULT_SCAN_CAP, DEFAULT_TOPK, validate_engines
 from patchdb.spec import Machine
 from patchdb.store import ExactSamples, atomic_write, check_writable
 

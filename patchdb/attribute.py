@@ -3,7 +3,7 @@
 A sample file holds each sample's seed and (with ``--save-trajectory``) the denoiser output ``D``
 of every step; the DDIM recursion ``x_{t'} = a' D + b' (x - a D) / b`` (SPEC.md "Sampler") then
 rebuilds every ``x_t`` the sampler saw. At each step the top contributors of ``D(x_t, t)`` are
-recomputed (:mod:`patchdb.score.contrib`) and stored compactly beside the samples in
+recomputed (:mod:`patchdb.denoisers.contrib`) and stored compactly beside the samples in
 ``SAMPLES.attrib.h5``; :func:`summarize` turns them into per-sample numbers (distinct sources,
 dominant-source share, effective number of sources, distance to the nearest training image).
 
@@ -26,18 +26,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._callable import make_callable
 from .data import Dataset, load_dataset
-from .errors import PatchdbError
-from .patches import geometry
-from .sample import initial_noise
-from .schedule import alpha_sigma, check_patch_size
-from .score.contrib import (
+from .denoisers.contrib import (
     DEFAULT_BLOCK_BYTES,
     FAMILIES,
     Contributors,
     contributors,
+    index_contributors,
     nearest_patches,
+    nearest_patches_index,
+    stitch,
 )
+from .errors import PatchdbError
+from .indexing.reader import open_index
+from .patches import geometry
+from .sampler import ddim_step, initial_noise
+from .schedule import check_patch_size
 from .spec import Machine
 from .store import atomic_h5, metadata, open_checked, read_samples
 
@@ -193,8 +198,6 @@ def training_set_of(meta: dict, dataset: str | None = None, root: str | None = N
         return train
     recorded = meta.get("index")
     if dataset is None and not meta.get("dataset") and recorded:
-        from .indexfile import open_index
-
         if not Path(recorded).exists():
             raise PatchdbError(f"the samples were drawn from index {recorded}, which does not exist here; "
                                "pass --index FILE (or --dataset) of the same training set")
@@ -285,7 +288,7 @@ def attribute(
         _collect(parts, res)
         step_list.append(i)
         size_list.append(k or 0)
-        x = _ddim_step(x, d_used, i, steps)
+        x = ddim_step(x, d_used, i, steps)
     out = {name: np.stack(v, axis=1 if name not in ("family", "denoised") else 0) for name, v in parts.items()}
     out.update(steps=np.asarray(step_list), times=np.asarray(step_list) / steps, sizes=np.asarray(size_list),
                max_d_diff=np.asarray(diffs), final=x.float().numpy())
@@ -300,14 +303,6 @@ def _collect(parts: dict, res: Contributors) -> None:
     parts["effective"].append(res.effective_sources.float().numpy())
     parts["family"].append(res.family.numpy())
     parts["denoised"].append(res.denoised.float().numpy())
-
-
-def _ddim_step(x: torch.Tensor, d: torch.Tensor, i: int, steps: int) -> torch.Tensor:
-    """One step of SPEC.md's sampler, written as patchdb.sample writes it (same rounding)."""
-    a, b = alpha_sigma(i / steps)
-    eps = (x - a * d) / b
-    a_next, b_next = alpha_sigma((i - 1) / steps)
-    return a_next * d + b_next * eps if i > 1 else d
 
 
 def attribute_file(
@@ -326,7 +321,7 @@ def attribute_file(
 ) -> tuple[Attribution, Path]:
     """Attribute the samples of a sample file and write ``SAMPLES.attrib.h5`` (or ``out``).
 
-    With ``index`` (an open :class:`patchdb.indexfile.IndexFile` of the same training set) the
+    With ``index`` (an open :class:`patchdb.indexing.reader.IndexFile` of the same training set) the
     contributors come from its FAISS top-``topk`` per window, exactly re-ranked (approximate mode).
     Returns the :class:`Attribution` and the path written.
     """
@@ -376,8 +371,6 @@ def attribute_file(
 
 def _index_fn(index, train: Dataset, machine: Machine, sizes, m: int, mass: float, topk: int) -> Callable:
     """``f(x, t, k, labels)`` computing contributors through ``index`` (one class range per label)."""
-    from .score.contrib import index_contributors
-
     if machine is Machine.IS:
         raise PatchdbError("the IS machine compares whole images and needs no index; attribute without --index")
     index.check(machine, sorted(set(sizes)), train.fingerprint())
@@ -390,9 +383,7 @@ def _index_fn(index, train: Dataset, machine: Machine, sizes, m: int, mass: floa
             rows = (labels == label).nonzero().view(-1)
             rng = train.class_range(int(label)) if label >= 0 else None
             parts[label] = (rows, index_contributors(x[rows], index, t, k, machine, m, mass, topk, rng))
-        from .score.contrib import _stitch
-
-        return _stitch(parts, x.shape[0])
+        return stitch(parts, x.shape[0])
 
     return fn
 
@@ -605,7 +596,7 @@ def query(
     """Nearest training windows of the windows of ``image`` (C, H, W) in [-1, 1], exact scan.
 
     Candidates are those the machine lets each pixel see (SPEC.md table), optionally one class.
-    With ``index`` (an open :class:`patchdb.indexfile.IndexFile`) the indexed families are
+    With ``index`` (an open :class:`patchdb.indexing.reader.IndexFile`) the indexed families are
     searched with FAISS instead of scanned.
     """
     check_patch_size(k)
@@ -621,8 +612,6 @@ def query(
         images, offset = images[lo:hi], lo
     x = image.unsqueeze(0).float()
     if index is not None:
-        from .score.contrib import nearest_patches_index
-
         ids, dist, fam = nearest_patches_index(x, index, k, machine, n, None if label is None else (offset, offset + len(images)))
     else:
         ids, dist, fam = nearest_patches(x, images, k, machine, n)
@@ -642,3 +631,6 @@ def check_size_known(k: int, height: int, width: int, machine: Machine | str) ->
     if k > 2 * max(height, width) - 1:
         raise PatchdbError(f"patch size {k} is larger than twice the {height}x{width} image; use a smaller --size")
     geometry(Machine.parse(machine), k, height, width)
+
+
+make_callable(__name__)  # patchdb.attribute(...) calls the function above

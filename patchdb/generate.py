@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ._callable import make_callable
 from .errors import PatchdbError
-from .sample import ddim_sample, initial_noise
+from .sampler import ddim_sample, initial_noise
 
 
 @dataclass
@@ -75,3 +76,6 @@ def generate(
 def _advance(bar: tqdm, images: int, info: dict) -> None:
     """Sampler callback: one step of ``images`` images done."""
     bar.update(images)
+
+
+make_callable(__name__)  # patchdb.generate(...) calls the function above

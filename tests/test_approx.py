@@ -8,10 +8,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patchdb.data import Dataset
+from patchdb.denoisers.approx import ApproxMachine
+from patchdb.denoisers.exact import ExactMachine
+from patchdb.denoisers.factory import make_denoiser
 from patchdb.errors import PatchdbError
-from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
-from patchdb.score import ExactMachine, make_denoiser
-from patchdb.score.approx import ApproxMachine, validate_engines
+from patchdb.evaluation.validate import validate_engines
+from patchdb.indexing.builder import BuildConfig, build_index_file
+from patchdb.indexing.reader import IndexFile
 from patchdb.spec import Machine
 
 
@@ -62,7 +65,8 @@ def test_property_error_within_ignored_mass_bound(tmp_path_factory, seed, k, t, 
     """|approx - exact| <= ignored share bound x value range (Flat: exact retrieval, so the bound is rigorous)."""
     tmp = tmp_path_factory.mktemp("p")
     ds = random_dataset(6, 1, 7, 7, seed=seed)
-    approx, exact = engines(tmp, ds, machine, (3, 5), topk=topk, dtype=torch.float64)
+    # The bound is the untailed estimate's: tail correction off (the default is on, as in the CLI).
+    approx, exact = engines(tmp, ds, machine, (3, 5), topk=topk, dtype=torch.float64, tail_samples=0)
     x = torch.randn(2, 1, 7, 7, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     labels = None if label is None else torch.full((2,), label)
     got, want = approx.denoise(x, t, k=k, labels=labels), exact.denoise(x, t, k=k, labels=labels)
@@ -75,7 +79,7 @@ def test_property_error_within_ignored_mass_bound(tmp_path_factory, seed, k, t, 
 
 def test_tail_correction_reduces_error_at_high_noise(tmp_path):
     ds = random_dataset(30, 1, 8, 8, seed=3)
-    plain, exact = engines(tmp_path, ds, "bbels", (5,), topk=4)
+    plain, exact = engines(tmp_path, ds, "bbels", (5,), topk=4, tail_samples=0)
     tailed, _ = engines(tmp_path, ds, "bbels", (5,), topk=4, tail_samples=2000)
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     want = exact.denoise(x, 1.0, k=5)
@@ -171,7 +175,7 @@ def test_index_memory_budget_unloads_sizes_and_keeps_results(tmp_path, monkeypat
 
 
 def test_validate_median_of_even_count_is_the_mean_of_the_middle_two():
-    from patchdb.score.approx import _median
+    from patchdb.evaluation.metrics import median as _median
 
     assert _median(torch.tensor([0.9, 0.99, 0.98, 0.5])) == pytest.approx(0.94)
     assert _median(torch.tensor([3.0, 1.0, 2.0])) == 2.0
@@ -254,8 +258,8 @@ def test_blank_windows_are_taken_out_of_ivf_and_counted_exactly(tmp_path):
 
 
 def test_attribution_through_an_index_credits_blank_windows_as_the_engine_weighs_them(tmp_path):
+    from patchdb.denoisers.contrib import index_contributors
     from patchdb.schedule import alpha_sigma
-    from patchdb.score.contrib import index_contributors
 
     ds = black_background_dataset(40, seed=5)
     path = tmp_path / "blank.h5"
@@ -286,14 +290,14 @@ def test_scan_cap_stops_a_query_after_its_budget_of_codes():
     import faiss
     import numpy as np
 
-    from patchdb import index as fx
-    from patchdb.score.approx import search_ids
+    from patchdb.denoisers.retrieval import search_ids
+    from patchdb.indexing import faiss_ops as fx
 
     rng = np.random.default_rng(0)
     data = np.concatenate([0.01 * rng.standard_normal((3000, 4)), 3 * rng.standard_normal((1000, 4))]).astype(np.float32)
     index = fx.train("IVF16,Flat", data)
     index.add(data)
-    ivf = fx._ivf(index)
+    ivf = fx.as_ivf(index)
     sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
     assert sizes.max() > 4 * ivf.ntotal / ivf.nlist  # one pile
     queries = torch.from_numpy(0.01 * rng.standard_normal((20, 4))).float()  # on the pile

@@ -24,10 +24,10 @@ from patchdb.attribute import (
     summarize,
 )
 from patchdb.data import load_dataset
+from patchdb.denoisers.exact import ExactMachine
 from patchdb.errors import PatchdbError
-from patchdb.sample import ddim_sample, initial_noise
+from patchdb.sampler import ddim_sample, initial_noise
 from patchdb.schedule import parse_schedule
-from patchdb.score import ExactMachine
 from patchdb.store import read_samples
 
 SCHEDULE = "3,3,5,5"

@@ -20,7 +20,7 @@ from patchdb.baselines import (
 )
 from patchdb.baselines.train import check_data_fits, diffusion_loss, schedule_ab
 from patchdb.errors import PatchdbError
-from patchdb.sample import ddim_sample, initial_noise
+from patchdb.sampler import ddim_sample, initial_noise
 from patchdb.schedule import alpha_sigma
 
 torch.set_num_threads(1)

@@ -9,7 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main
-from patchdb.calibrate import (
+from patchdb.denoisers.exact import ExactMachine
+from patchdb.errors import PatchdbError
+from patchdb.evaluation.calibrate import (
     Calibration,
     calibrate,
     check_sizes,
@@ -19,10 +21,8 @@ from patchdb.calibrate import (
     read_calibration,
     write_calibration,
 )
-from patchdb.compare import machine_factory
-from patchdb.errors import PatchdbError
+from patchdb.evaluation.factories import machine_factory
 from patchdb.schedule import ScaleSchedule, parse_schedule
-from patchdb.score import ExactMachine
 
 torch.set_num_threads(1)
 
@@ -235,8 +235,8 @@ def test_cli_default_sizes_reach_the_receptive_field(tmp_path, tiny_checkpoint):
 
 def brute_rollout(net, machine, shape, seed, steps):
     """(S, K) final-image Pearson r, one full sampler run per (step, size): an independent reading of the rule."""
-    from patchdb.compare import pearson
-    from patchdb.sample import ddim_sample, initial_noise
+    from patchdb.evaluation.metrics import pearson
+    from patchdb.sampler import ddim_sample, initial_noise
 
     noise = initial_noise([seed], shape, torch.float64)
     own = ddim_sample(net, noise.clone(), steps).samples

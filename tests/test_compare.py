@@ -10,16 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main
-from patchdb.compare import (
-    compare,
-    format_table,
-    machine_factory,
-    nearest_images,
-    pearson,
-    seed_labels,
-    write_report,
-)
 from patchdb.errors import PatchdbError
+from patchdb.evaluation.compare import compare, format_table, nearest_images, write_report
+from patchdb.evaluation.factories import machine_factory, seed_labels
+from patchdb.evaluation.metrics import pearson
 from patchdb.schedule import ScaleSchedule
 
 torch.set_num_threads(1)
@@ -161,9 +155,9 @@ def test_cli_conditional_network_needs_labels(tmp_path):
 
 def test_index_engine_plugs_into_calibrate_and_compare(tmp_path):
     """With a Flat index and K covering every candidate, the approximate engine gives the exact answer."""
-    from patchdb.calibrate import calibrate
     from patchdb.data import Dataset
-    from patchdb.indexfile import BuildConfig, build_index_file
+    from patchdb.evaluation.calibrate import calibrate
+    from patchdb.indexing.builder import BuildConfig, build_index_file
 
     g = torch.Generator().manual_seed(3)
     ds = Dataset(torch.randint(0, 256, (5, 1, 8, 8), generator=g, dtype=torch.uint8), torch.zeros(5, dtype=torch.long),

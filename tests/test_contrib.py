@@ -1,4 +1,4 @@
-"""Top contributors of a denoiser call (patchdb.score.contrib) against a loop-by-loop brute force."""
+"""Top contributors of a denoiser call (patchdb.denoisers.contrib) against a loop-by-loop brute force."""
 
 import math
 
@@ -9,9 +9,9 @@ from brute import candidates, schedule_ab, window
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from patchdb.denoisers.contrib import FAMILIES, contributors, cover, nearest_patches
+from patchdb.denoisers.factory import denoise
 from patchdb.errors import PatchdbError
-from patchdb.score import denoise
-from patchdb.score.contrib import FAMILIES, contributors, cover, nearest_patches
 
 MACHINES = ["is", "ls", "els", "bbels"]
 
@@ -168,10 +168,11 @@ def test_index_contributors_recompute_the_engine_denoiser_with_ivf(tmp_path):
     # denoiser equals the engine's, also in float32 at t ~ 1 (query x / a ~ 80: float32 logits or a
     # float32 division before the search moved it by ~2e-3).
     from patchdb.data import Dataset
-    from patchdb.indexfile import BuildConfig, IndexFile, build_index_file
+    from patchdb.denoisers.contrib import index_contributors
+    from patchdb.denoisers.factory import make_denoiser
+    from patchdb.indexing.builder import BuildConfig, build_index_file
+    from patchdb.indexing.reader import IndexFile
     from patchdb.schedule import alpha_sigma
-    from patchdb.score import make_denoiser
-    from patchdb.score.contrib import index_contributors
 
     g = torch.Generator().manual_seed(0)
     images = (torch.randint(0, 4, (400, 1, 8, 8), generator=g) * 85).to(torch.uint8)  # 4 levels: many near-ties

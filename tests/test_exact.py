@@ -7,9 +7,9 @@ from brute import brute_denoise
 
 import patchdb
 import patchdb.patches
+from patchdb.denoisers.exact import ExactMachine
+from patchdb.denoisers.kernels import candidate_pools
 from patchdb.errors import PatchdbError
-from patchdb.score import ExactMachine
-from patchdb.score.exact import candidate_pools
 
 MACHINES = ["is", "ls", "els", "bbels"]
 

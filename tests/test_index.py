@@ -7,16 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from patchdb import index as fx
 from patchdb.data import Dataset
 from patchdb.errors import PatchdbError
-from patchdb.indexfile import (
-    BuildConfig,
-    IndexFile,
-    PatchSource,
-    build_index_file,
-    open_index,
-)
+from patchdb.indexing import faiss_ops as fx
+from patchdb.indexing.builder import BuildConfig, build_index_file
+from patchdb.indexing.reader import IndexFile, open_index
+from patchdb.indexing.windows import PatchSource
 from patchdb.patches import unfold_windows
 
 
@@ -176,7 +172,7 @@ def test_add_sizes_and_resume(tmp_path, built, monkeypatch):
         assert f.sizes == (3, 5, 7)
     # An interrupted build leaves finished pieces in <out>.partial; a rerun reuses them.
     out = tmp_path / "r.h5"
-    import patchdb.indexfile as ixf
+    import patchdb.indexing.builder as ixf
 
     real = ixf._build_entry
     calls = []

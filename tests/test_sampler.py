@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from patchdb import alpha_sigma
+from patchdb.denoisers.exact import ExactMachine
 from patchdb.errors import PatchdbError
 from patchdb.generate import generate, sample_labels
-from patchdb.sample import ddim_sample, initial_noise, times
+from patchdb.sampler import ddim_sample, initial_noise, times
 from patchdb.schedule import PRESETS, parse_schedule
-from patchdb.score import ExactMachine
 
 
 def test_schedule_endpoints_follow_spec():

@@ -18,22 +18,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import PatchdbError
-from .sample import Denoiser, ddim_sample, initial_noise
-from .store import atomic_write
+from ..errors import PatchdbError
+from ..sampler import Denoiser, ddim_sample, initial_noise
+from ..store import atomic_write
+from .metrics import pearson
 
 log = logging.getLogger(__name__)
 
 BASELINE = "is"
-
-
-def pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Per-image Pearson correlation of (B, ...) tensors over all their entries, in float64."""
-    u = u.flatten(1).double()
-    v = v.flatten(1).double()
-    u = u - u.mean(1, keepdim=True)
-    v = v - v.mean(1, keepdim=True)
-    return (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1))
 
 
 @dataclass
@@ -239,55 +231,3 @@ def save_comparison_grid(cmp: Comparison, path: Path, train_images: torch.Tensor
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------
-# Factories: the network and the machines the CLI compares (any engine with the denoiser contract)
-# ------------------------------------------------------------------------------------------------
-
-
-def load_network(checkpoint, channels: int, height: int, width: int, device="cpu"):
-    """The network of a checkpoint folder as a denoiser; one line if the data does not fit it.
-
-    Returns ``(EpsDenoiser, ModelConfig, config_dict)``.
-    """
-    from .baselines import EpsDenoiser, check_data_fits, load_checkpoint
-
-    net, cfg, info = load_checkpoint(checkpoint, device=device)
-    check_data_fits(cfg, channels, height, width, where=f"the network in {checkpoint}")
-    return EpsDenoiser(net, conditional=cfg.conditional, device=device), cfg, info
-
-
-def machine_factory(machine, images: torch.Tensor, labels: torch.Tensor | None = None, device="cpu",
-                    block_bytes: int | None = None, index=None, topk: int | None = None,
-                    fingerprint: str | None = None):
-    """``make(schedule) -> denoiser`` for a machine, through :func:`patchdb.score.make_denoiser`: the
-    exact engine over ``images``, or, when ``index`` (an index file path) is given, the approximate
-    engine over that file (checked to be built from the same dataset when ``fingerprint`` is given)."""
-    from .score import make_denoiser
-    from .spec import Machine
-
-    machine = Machine.parse(machine)
-    if index is not None and machine is not Machine.IS:
-        from .indexfile import open_index
-
-        handle = open_index(index)
-        handle.check_dataset(fingerprint)
-        options = {"dtype": images.dtype, **({} if topk is None else {"topk": topk})}
-        return lambda schedule: make_denoiser(machine, schedule, index=handle, **options)
-    options = {"device": device, **({} if block_bytes is None else {"block_bytes": block_bytes})}
-    return lambda schedule: make_denoiser(machine, None if machine is Machine.IS else schedule, images, labels,
-                                          **options)
-
-
-def seed_labels(num: int, label, cfg_conditional: bool, num_classes: int | None, first_seed: int = 0) -> torch.Tensor | None:
-    """Labels of seeds ``first_seed ..``: None when unconditional, else one class or seed mod classes ("all", default)."""
-    from .generate import sample_labels
-
-    if not cfg_conditional:
-        if label not in (None, "none"):
-            raise PatchdbError("--label was given but the network is unconditional; drop --label")
-        return None
-    if label == "none":
-        raise PatchdbError("the network is class-conditional: it needs labels; use --label N or --label all")
-    return sample_labels(num, "all" if label is None else label, num_classes, first_seed)

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .errors import PatchdbError
-from .sample import Denoiser, ddim_sample, ddim_step, initial_noise
-from .schedule import ScaleSchedule, alpha_sigma, check_patch_size
-from .store import atomic_write
+from ..errors import PatchdbError
+from ..sampler import Denoiser, ddim_sample, ddim_step, initial_noise
+from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size
+from ..store import atomic_write
+from .metrics import pearson
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,6 @@ def calibrate(
     -------
     :class:`Calibration` with the (S, K, M) cosine table (and rollout table) and the chosen schedule.
     """
-    from .compare import pearson
-
     if not seeds:
         raise PatchdbError("calibration needs at least one seed")
     check_criterion(criterion)

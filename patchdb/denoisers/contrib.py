@@ -24,8 +24,8 @@ from ..errors import PatchdbError
 from ..patches import Group, geometry, unfold_windows
 from ..schedule import alpha_sigma, check_patch_size
 from ..spec import Machine
-from .approx import expanded_logits, search_ids
-from .exact import Coefficients
+from .kernels import Coefficients
+from .retrieval import Retrieval, expanded_logits, tail_hits
 from .softmax import LOG_FLOOR, with_ones
 
 #: Family codes stored per pixel; index = code.
@@ -398,7 +398,7 @@ def contributors(
             raise PatchdbError(f"label {label} has no training images in this data; load the dataset the samples used")
         sub = images[ids.to(images.device)]
         parts[label] = (rows, _one_call(x[rows], sub, t, k, machine, m, mass, ids, block_bytes))
-    return _stitch(parts, x.shape[0])
+    return stitch(parts, x.shape[0])
 
 
 def _one_call(x, images, t, k, machine, m, mass, image_ids, block_bytes) -> Contributors:
@@ -409,7 +409,8 @@ def _one_call(x, images, t, k, machine, m, mass, image_ids, block_bytes) -> Cont
     return local_contributors(x, images, t, k, machine, m, mass, image_ids, block_bytes)
 
 
-def _stitch(parts: dict, batch: int) -> Contributors:
+def stitch(parts: dict, batch: int) -> Contributors:
+    """One :class:`Contributors` of a batch from per-class parts ``{label: (rows, Contributors)}``."""
     first = next(iter(parts.values()))[1]
     fields = {}
     for name in ("ids", "weights", "logits", "count", "covered", "entropy", "log_norm", "denoised"):
@@ -446,20 +447,22 @@ def nearest_patches(
 
 
 # --------------------------------------------------------------------------------------------
-# Through a FAISS index file (patchdb.indexfile): retrieved candidates, exactly re-ranked
+# Through a FAISS index file (patchdb.indexing): retrieved candidates, exactly re-ranked
 # --------------------------------------------------------------------------------------------
 
 
 def _retrieve(index, src, k: int, entry_i: int, entry, g: int, cand_pos: torch.Tensor, q: torch.Tensor,
-              topk: int, lo: int, hi: int, a: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              retrieval: Retrieval, lo: int, hi: int, a: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates of query rows ``q`` (R, d): image (R, P), flat position (R, P), valid (R, P), and the
-    log of how many identical windows each stands for (P,).
+    log of how many candidates each stands for (P,).
 
-    Indexed families: the FAISS top-``topk`` of ``q / a`` within images ``[lo, hi)``; the others
-    (corners, LS fallback: one candidate per image) every image of the range. Blank windows, which
-    the file takes out of its IVF lists (:class:`patchdb.indexfile.Blanks`) and the engine counts as
-    one candidate of multiplicity M, appear as ``min(M, topk)`` of them spread over the range, each
-    standing for ``M / min(M, topk)``: the same weights and D as the engine, credited to real windows.
+    Indexed families: what the approximate engine retrieves with the same ``retrieval`` settings, the
+    FAISS top-K of ``q / a`` within images ``[lo, hi)``; the others (corners, LS fallback: one candidate
+    per image) every image of the range. Blank windows, which the file takes out of its IVF lists
+    (:class:`patchdb.indexing.windows.Blanks`) and the engine counts as one candidate of multiplicity M,
+    appear as ``min(M, topk)`` of them spread over the range, each standing for ``M / min(M, topk)``:
+    the same weights and D as the engine, credited to real windows. The tail sample (when on) is the
+    engine's, each sampled id standing for ``n_total / m`` candidates, minus those counted already.
     """
     per_image = entry.per_image
     if not entry.indexed:
@@ -467,17 +470,25 @@ def _retrieve(index, src, k: int, entry_i: int, entry, g: int, cand_pos: torch.T
         pos = cand_pos[0].expand_as(img)
         return img, pos, torch.ones_like(img, dtype=torch.bool), torch.zeros(img.shape[1], dtype=torch.float64)
     whole = lo == 0 and hi == src.n
-    id_range = None if whole else (lo * per_image, hi * per_image)
-    # As the approximate engine retrieves: K times the stored k_factor, capped by what exists.
-    want = min(topk * int(entry.info.get("k_factor", 1)), (hi - lo) * per_image)
-    ids = search_ids(index.index(k, entry_i, g), q / a, want, 0, 0, id_range)
+    id_lo, id_hi = lo * per_image, hi * per_image
+    key = (k, entry_i, g)
+    ids = retrieval.search(index.index(*key), q / a, retrieval.wanted(entry, id_hi - id_lo),
+                           None if whole else (id_lo, id_hi))
     mult = torch.zeros(ids.shape[1], dtype=torch.float64)
-    blanks = index.blanks(k, entry_i, g)
+    blanks = index.blanks(*key)
     count = 0 if blanks is None else blanks.count(lo, hi)
+    sample = retrieval.tail_sample(key, id_lo, id_hi)
+    if sample is not None:
+        hit = tail_hits(ids, sample, None if not count else blanks.mask)
+        tail = torch.where(hit, torch.full_like(hit, -1, dtype=torch.long), sample.view(1, -1))
+        tail_mult = torch.full((len(sample),), math.log((id_hi - id_lo) / len(sample)), dtype=torch.float64)
     if count:
-        reps = blanks.ids(lo, hi, per_image, min(count, topk))
+        reps = blanks.ids(lo, hi, per_image, min(count, retrieval.topk))
         ids = torch.cat([ids, reps.view(1, -1).expand(ids.shape[0], -1)], dim=1)
         mult = torch.cat([mult, torch.full((len(reps),), math.log(count / len(reps)), dtype=torch.float64)])
+    if sample is not None:
+        ids = torch.cat([ids, tail], dim=1)
+        mult = torch.cat([mult, tail_mult])
     valid = ids >= 0
     safe = ids.clamp(min=0)
     return safe // per_image, cand_pos[safe % per_image], valid, mult
@@ -491,16 +502,23 @@ def index_contributors(
     machine: Machine | str,
     m: int = 16,
     mass: float = 0.9,
-    topk: int = 64,
+    topk: int | None = None,
     image_range: tuple[int, int] | None = None,
     distance: bool = False,
+    retrieval: Retrieval | None = None,
 ) -> Contributors:
-    """Top contributors through an index file: FAISS top-``topk`` per window, exact re-rank.
+    """Top contributors through an index file: the approximate engine's candidates, exactly re-ranked.
 
-    Weights are normalised over the retrieved candidates (as the approximate engine does, SPEC.md
+    ``retrieval`` (default: :class:`Retrieval`'s defaults, as the engine's) picks the candidates as the
+    approximate engine does with the same settings, tail sample included, so ``denoised`` is the
+    engine's D; ``topk`` overrides its K. Weights are normalised over those candidates (SPEC.md
     "Approximate mode"); the families the file does not index are scanned exactly. With
-    ``distance=True`` the logits are ``-|x - phi|^2 / 2`` (for :func:`nearest_patches_index`).
+    ``distance=True`` the logits are ``-|x - phi|^2 / 2`` and no tail is sampled (for
+    :func:`nearest_patches_index`).
     """
+    retrieval = (retrieval or Retrieval()).with_options(topk=topk)
+    if distance:
+        retrieval = retrieval.with_options(tail_correction=0)
 
     check_mass(mass, m)
     machine = Machine.parse(machine)
@@ -515,7 +533,7 @@ def index_contributors(
         for g in range(grp.query_pos.shape[0]):
             qpos = grp.query_pos[g]
             q = queries[:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1]).double()  # (B*mq, d)
-            img, pos, valid, mult = _retrieve(index, src, k, entry_i, entry, g, grp.cand_pos[g], q, topk, lo, hi, a)
+            img, pos, valid, mult = _retrieve(index, src, k, entry_i, entry, g, grp.cand_pos[g], q, retrieval, lo, hi, a)
             # Logits and their normalisation in float64 whatever x.dtype, as the engine does: at t ~ 1 the
             # query x / a is ~80 in size and float32 logits moved D by up to 2e-3 against the engine's.
             dots, norms = src.window_terms(q, img, pos, k)  # (R, P) each, the engine's re-rank terms

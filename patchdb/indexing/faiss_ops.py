@@ -1,7 +1,7 @@
 """FAISS: choose an index key, train on a sample, add in chunks, tune, (de)serialize.
 
 Small plain functions over numpy float32 arrays, in the spirit of faiss ``contrib``: the HDF5
-layout lives in :mod:`patchdb.indexfile`, the window geometry in :mod:`patchdb.patches`.
+layout lives in :mod:`patchdb.indexing.format`, the window geometry in :mod:`patchdb.patches`.
 Vector ids are the order of addition (``0 .. n-1``), so the id -> patch rule stays arithmetic.
 """
 
@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import PatchdbError
+from ..errors import PatchdbError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def train(key: str, sample: np.ndarray, niter: int = 10) -> faiss.Index:
     _, d = sample.shape
     index = new_index(key, d)
     if not index.is_trained:
-        ivf = _ivf(index)
+        ivf = as_ivf(index)
         if ivf is not None:
             ivf.cp.niter = niter
             ivf.cp.verbose = False
@@ -197,7 +197,7 @@ def add_chunks(index: faiss.Index, chunks: Iterable[np.ndarray], total: int, des
             bar.update(len(chunk))
 
 
-def _ivf(index: faiss.Index):
+def as_ivf(index: faiss.Index):
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -214,7 +214,7 @@ def search_params(index: faiss.Index, nprobe: int = 0, ef: int = 0, id_range: tu
     """
     sel = faiss.IDSelectorRange(int(id_range[0]), int(id_range[1])) if id_range is not None else None
     keep = [sel]
-    ivf = _ivf(index)
+    ivf = as_ivf(index)
     if ivf is not None:
         params = faiss.SearchParametersIVF(nprobe=max(1, int(nprobe or ivf.nprobe)), max_codes=int(max_codes))
         if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
@@ -278,7 +278,7 @@ def tune(index: faiss.Index, queries: np.ndarray, kth: np.ndarray, true_dist: Ca
     first nprobe that reaches ``target`` (often with a large factor) is not where the search stops. When
     no pair reaches ``target``, the one with the best recall is kept and a warning names the shortfall.
     """
-    ivf = _ivf(index)
+    ivf = as_ivf(index)
     curve = []
     nprobes = [0] if ivf is None else [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p <= ivf.nlist]
     for nprobe in nprobes:
@@ -308,14 +308,14 @@ def tune(index: faiss.Index, queries: np.ndarray, kth: np.ndarray, true_dist: Ca
 def nominal_codes(index: faiss.Index, nprobe: int = 0) -> int:
     """Codes ``nprobe`` lists hold on average (``nprobe * ntotal / nlist``): what one query scans when the
     lists are balanced. 0 for an index without lists."""
-    ivf = _ivf(index)
+    ivf = as_ivf(index)
     if ivf is None or not ivf.nlist:
         return 0
     return math.ceil(max(1, int(nprobe or ivf.nprobe)) * ivf.ntotal / ivf.nlist)
 
 
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:
-    ivf = _ivf(index)
+    ivf = as_ivf(index)
     if ivf is not None and nprobe:
         ivf.nprobe = int(nprobe)
 
@@ -324,7 +324,7 @@ def remove_ids(index: faiss.Index, mask: np.ndarray) -> int:
     """Drop the vectors whose id ``v`` has ``mask[v]`` (bool, one per possible id) from an IVF index, in
     place; ids of the others are unchanged (IVF lists store them). Returns how many were removed.
     Not for Flat indexes, whose ids are positions and would shift."""
-    if _ivf(index) is None:
+    if as_ivf(index) is None:
         raise ValueError("remove_ids needs an IVF index")
     bitmap = np.packbits(np.ascontiguousarray(mask, dtype=bool), bitorder="little")
     sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))

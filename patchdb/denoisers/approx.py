@@ -19,28 +19,24 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import index as fx
 from ..errors import PatchdbError
-from ..indexfile import EXACT_FAMILIES, Entry, IndexFile
+from ..indexing.format import EXACT_FAMILIES, Entry
+from ..indexing.reader import IndexFile
 from ..patches import box_regions, box_sums, geometry, unfold_windows
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size, parse_schedule
 from ..spec import Machine
+from .contract import batch_labels, check_shape, check_size, check_tensor, check_time, size_at
+from .retrieval import Retrieval, expanded_logits, shared_logits, tail_hits, window_logits
 from .softmax import SoftmaxAccumulator, with_ones
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPK = 64
 #: Rows x candidates x features per re-rank block (bounds memory, ~4 bytes each, x3 for indices).
 RERANK_ELEMENTS = 8_000_000
 #: x-independent corner / LS terms kept between calls, all sizes together (see
 #: ApproxMachine._same_position_terms): every bbELS size of the Fashion-MNIST schedule at N = 60,000
 #: takes ~0.8 GB.
 SAME_POSITION_CACHE_BYTES = 1024 * 2**20
-#: Default cap on the codes one query window scans, as a multiple of what its nprobe lists hold on
-#: average (:func:`patchdb.index.nominal_codes`). Queries whose lists are balanced barely reach it; on
-#: black-background data a few lists hold most near-dark windows and queries on background would scan
-#: them all. Below 1 it also cuts balanced scans (faster, less accurate; see README "Scan cap").
-DEFAULT_SCAN_CAP = 1.0
 
 
 @dataclass
@@ -70,33 +66,23 @@ class ApproxMachine:
     index : an open :class:`IndexFile`.
     machine : "els" or "bbels" (the file must hold its families).
     schedule : patch size per step; the size at time ``t`` is ``sizes[round(t * S) - 1]``.
-    topk : K candidates retrieved per query window.
-    nprobe, ef : IVF lists probed and HNSW efSearch (0: the tuned defaults stored in the file).
-    k_factor : search ``topk * k_factor`` candidates by approximate distance and re-rank all of them
-        exactly (0: the tuned default stored in the file; 1 with a Flat index).
-    tail_samples : m > 0 turns on the tail correction with a uniform sample of m candidates.
-    scan_cap : each query scans its lists nearest first and stops after ``scan_cap`` times the codes its
-        nprobe lists hold on average (0: no cap, every probed list whole).
+    retrieval : the :class:`Retrieval` settings (default: the CLI's defaults); ``options`` change single
+        knobs of it (topk, nprobe, ef, k_factor, scan_cap, tail_correction; ``tail_samples`` is the
+        older name of tail_correction, ``seed`` of tail_seed).
     dtype : compute dtype of the re-rank (float32 or float64).
     """
 
     def __init__(self, index: IndexFile, machine: str | Machine, schedule: ScaleSchedule | str | None = None,
-                 topk: int = DEFAULT_TOPK, nprobe: int = 0, ef: int = 0, tail_samples: int = 0,
-                 dtype: torch.dtype = torch.float32, seed: int = 0, k_factor: int = 0,
-                 scan_cap: float = DEFAULT_SCAN_CAP):
-        if not (scan_cap >= 0 and math.isfinite(scan_cap)):
-            raise PatchdbError(f"--scan-cap must be 0 (no cap) or positive, got {scan_cap}")
+                 retrieval: Retrieval | None = None, dtype: torch.dtype = torch.float32, **options):
+        renamed = {"tail_samples": "tail_correction", "seed": "tail_seed"}
+        options = {renamed.get(key, key): value for key, value in options.items()}
+        self.retrieval = (retrieval or Retrieval()).with_options(**options)
         self.file = index
         self.machine = Machine.parse(machine)
         self.schedule = parse_schedule(schedule) if schedule is not None else None
         sizes = self.schedule.distinct() if self.schedule is not None else index.sizes
         index.check(self.machine, sizes)
-        if topk < 1:
-            raise PatchdbError(f"--topk must be at least 1, got {topk}")
-        self.topk, self.nprobe, self.ef, self.tail = int(topk), int(nprobe), int(ef), int(tail_samples)
-        self.k_factor = int(k_factor)
-        self.scan_cap = float(scan_cap)
-        self.dtype, self.seed = dtype, seed
+        self.dtype = dtype
         self.labels = index.labels()
         # Re-rank logits are computed in float64 whatever the dtype (see _denoise): the file's source is
         # float64 so gathered windows need no conversion (twice the memory of the images in float32).
@@ -107,28 +93,28 @@ class ApproxMachine:
 
     # -- the denoiser contract -------------------------------------------------------------
 
+    @property
+    def topk(self) -> int:
+        return self.retrieval.topk
+
+    @property
+    def tail(self) -> int:
+        return self.retrieval.tail_correction
+
     def size_at(self, t: float) -> int:
-        if self.schedule is None:
-            raise PatchdbError("this machine has no scale schedule; pass schedule=... or call denoise(..., k=K)")
-        return self.schedule.size_at_time(t)
+        return size_at(self.schedule, t)
 
     def __call__(self, x: torch.Tensor, t: float, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoise(x, t, k=self.size_at(float(t)), labels=labels)
 
     def denoise(self, x: torch.Tensor, t: float, k: int | None = None, labels=None) -> torch.Tensor:
         """``D(x, t)`` at patch size ``k``: (B, C, H, W) in the dtype and on the device of ``x``."""
-        from . import check_tensor, check_time  # late: score/__init__ imports this module
-
         t = check_time(t)
         check_tensor(x, "x")
-        if k is None:
-            raise PatchdbError(f"the {self.machine.value} machine needs a patch size k")
-        check_patch_size(k)
+        check_patch_size(check_size(self.machine.value, k))
         if k not in self.file.sizes:
             self.file.check(self.machine, [k])
-        if tuple(x.shape[1:]) != (self.source.channels, self.source.height, self.source.width):
-            raise PatchdbError(f"x has images of shape {tuple(x.shape[1:])} but the index file holds "
-                               f"{self.source.channels}x{self.source.height}x{self.source.width} images")
+        check_shape(x, (self.source.channels, self.source.height, self.source.width), "the index file")
         start = time.perf_counter()
         ranges = self._ranges(labels, x.shape[0])
         xs = x.detach().cpu().to(self.dtype)
@@ -163,11 +149,7 @@ class ApproxMachine:
         """(batch rows, first image, end image) per class asked for; the whole set when unconditional."""
         if labels is None:
             return [(torch.arange(batch), 0, self.n_images)]
-        labels = torch.as_tensor(labels, dtype=torch.long).cpu().reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(batch)
-        if labels.numel() != batch:
-            raise PatchdbError(f"got {labels.numel()} labels for a batch of {batch} images; give one label per image")
+        labels = batch_labels(labels, batch)
         out = []
         for label in torch.unique(labels).tolist():
             lo = int(torch.searchsorted(self.labels, label, right=False))
@@ -271,12 +253,11 @@ class ApproxMachine:
         id_lo, id_hi = lo * per_image, hi * per_image
         whole = lo == 0 and hi == self.n_images
         index = self.file.index(*key)
-        factor = self.k_factor or int(entry.info.get("k_factor", 1))
-        want = min(self.topk * factor, id_hi - id_lo)  # never ask for more than exist
-        ids = search_ids(index, q / a, want, self.nprobe, self.ef, None if whole else (id_lo, id_hi), self.scan_cap)
+        want = self.retrieval.wanted(entry, id_hi - id_lo)
+        ids = self.retrieval.search(index, q / a, want, None if whole else (id_lo, id_hi))
         n_total = id_hi - id_lo
         blank = self._blank(key, lo, hi, cand_pos, per_image)
-        sample = self._tail_sample(key, id_lo, id_hi) if self.tail else None
+        sample = self.retrieval.tail_sample(key, id_lo, id_hi)
         vals, bounds, tails = [], [], []
         step = max(1, RERANK_ELEMENTS // max(1, ids.shape[1] * q.shape[1]))
         for s in range(0, q.shape[0], step):
@@ -325,145 +306,21 @@ class ApproxMachine:
                                   None if blank is None else blank[3])
         return acc.result()[:, 0], bound, tail
 
-    def _tail_sample(self, key, id_lo: int, id_hi: int):
-        gen = torch.Generator().manual_seed(hash((self.seed, *key, id_lo)) % 2**31)
-        return torch.randint(id_lo, id_hi, (self.tail,), generator=gen)
-
     def _add_tail(self, acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z, blank_mask) -> torch.Tensor:
         """Fold in the uniform sample, weighted n_total / m, minus retrieved and blank ids (both already
         counted exactly); returns the tail share."""
         img, pos = sample // len(cand_pos), cand_pos[sample % len(cand_pos)]
         w = self.source.windows(img, pos, k).double()  # (m, d)
-        logits = _shared_logits(q, w, a, b)
-        # A sampled id already among the retrieved ones is counted there: mask it (the estimator of the
-        # ignored sum stays unbiased because the sample covers all n_total candidates uniformly).
-        srt = ids.sort(1).values
-        where = torch.searchsorted(srt, sample.view(1, -1).expand(len(srt), -1).contiguous()).clamp(max=srt.shape[1] - 1)
-        hit = srt.gather(1, where) == sample.view(1, -1)
-        if blank_mask is not None:
-            hit |= blank_mask[sample].view(1, -1)
-        logits.masked_fill_(hit, -math.inf).add_(math.log(n_total / len(sample)))
+        logits = shared_logits(q, w, a, b)
+        # A sampled id already among the retrieved ones (or blank) is counted there: mask it.
+        logits.masked_fill_(tail_hits(ids, sample, blank_mask), -math.inf).add_(math.log(n_total / len(sample)))
         log_tail = torch.logsumexp(logits, dim=1)
         values = with_ones(self.source.centres(img, pos).double()).unsqueeze(0).expand(q.shape[0], -1, -1)
         acc.add(logits.unsqueeze(1), values)
         return torch.sigmoid(log_tail - log_z)
 
 
-def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int = 0,
-               id_range: tuple[int, int] | None = None, scan_cap: float = DEFAULT_SCAN_CAP) -> torch.Tensor:
-    """Ids (R, want) int64 of the ``want`` nearest stored vectors to ``queries`` (R, d) (already ``x / a``),
-    -1 where fewer exist. Rows whose probed IVF lists held nothing (far-out queries at t ~ 1) are searched
-    again with 8x more lists until they find candidates: a row without any would give 0/0. Each query
-    stops scanning after the list that takes it past ``scan_cap`` times the codes its nprobe lists hold
-    on average (0: no cap; never capped when every list is probed).
-
-    The one retrieval rule of the approximate engine and of attribution through an index
-    (:mod:`patchdb.score.contrib`), so that both see the same candidates.
-    """
-    q = queries.float().numpy()
-    ivf = fx._ivf(index)
-    probe = 0 if ivf is None else max(1, nprobe or int(ivf.nprobe))
-    max_codes = 0
-    if scan_cap and ivf is not None and probe < ivf.nlist:  # probing every list asks for an exhaustive scan
-        max_codes = max(want, math.ceil(scan_cap * fx.nominal_codes(index, probe)))
-    _, found = fx.search(index, q, want, probe, ef, id_range, max_codes)
-    ids = torch.from_numpy(found).long()
-    if ivf is None:
-        return ids
-    empty = (ids < 0).all(1).nonzero().view(-1)
-    while empty.numel() and probe < ivf.nlist:
-        probe = min(ivf.nlist, probe * 8)
-        _, again = fx.search(index, q[empty.numpy()], want, probe, ef, id_range)  # uncapped: must find some
-        ids[empty] = torch.from_numpy(again).long()
-        empty = empty[(ids[empty] < 0).all(1)]
-    return ids
-
-
-def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) -> torch.Tensor:
-    """``-|q_r - a phi_rj|^2 / 2b^2`` for query rows ``q`` (R, d) and their candidates ``windows`` (R, P, d),
-    in float64 whatever the inputs: written as a difference (no cancellation of large terms), so at
-    t = 0.05, where logits reach ~1e3, D stays ~1e-6 exact. Overwrites a float64 ``windows``."""
-    return windows.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
-
-
-def expanded_logits(q: torch.Tensor, dots: torch.Tensor, norms: torch.Tensor, a: float, b: float) -> torch.Tensor:
-    """``-|q_r - a phi_rj|^2 / 2b^2`` (R, P) float64 from ``dots = q_r . phi_rj`` and ``norms = |phi_rj|^2``
-    (:meth:`PatchSource.window_terms`). Expanded, so large terms cancel; in float64 that costs
-    ~1e-16 * |q|^2 / 2b^2, about 1e-11 at t = 0.05 (b = 0.078) for 17 x 17 windows, where logits reach 1e3."""
-    sq = q.double().square().sum(-1, keepdim=True)
-    return dots.mul(2 * a).sub_(norms * (a * a)).sub_(sq).mul_(0.5 / (b * b))
-
-
-def _shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
-    """-|q_r - a w_j|^2 / 2b^2 for every row r of ``q`` (R, d) and candidate j of ``w`` (P, d): (R, P)."""
-    sq = q.square().sum(-1, keepdim=True) + (a * a) * w.square().sum(-1)
-    return (q @ w.T).mul_(2 * a).sub_(sq).mul_(0.5 / (b * b))
-
-
-def _median(v: torch.Tensor) -> float:
-    """The median as statistics defines it (mean of the two middle values of an even count), as
-    ``patchdb compare`` reports it; ``torch.median`` returns the lower one."""
-    return float(torch.quantile(v.double().flatten(), 0.5))
-
-
 def _q(v: torch.Tensor, quantile: float) -> float:
     if v.numel() == 0:
         return 0.0
     return float(torch.quantile(v.double().flatten()[:1_000_000], quantile))
-
-
-
-def pearson_r2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Squared Pearson correlation over all pixels and channels of two images (SPEC.md "Comparison")."""
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    denom = (a.norm() * b.norm()).item()
-    return float((a @ b).item() / denom) ** 2 if denom > 0 else float("nan")
-
-
-def validate_engines(exact, approx: ApproxMachine, seeds: list[int], shape: tuple[int, int, int], steps: int,
-                     labels: torch.Tensor | None = None, batch_size: int = 16, progress: bool = False,
-                     exact_samples=None) -> dict:
-    """Sample with both engines from the same noise; per step the max |D_approx - D_exact| and the
-    ignored-mass bound, per seed the r^2 between final samples, and the time of each engine.
-
-    ``exact_samples`` (a :class:`patchdb.store.ExactSamples`): batches whose exact samples it holds are
-    not recomputed (their stored exact time is counted), new ones are added to it.
-    """
-    from ..sample import SampleResult, ddim_sample, initial_noise
-
-    diffs, bounds, tails, r2, seconds = [], [], [], [], {"exact": 0.0, "approx": 0.0}
-    reused = 0
-    for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start : start + batch_size]
-        noise = initial_noise(chunk, shape, approx.dtype)
-        lab = None if labels is None else labels[start : start + len(chunk)]
-        runs = {}
-        stored = None if exact_samples is None else exact_samples.lookup(chunk, lab)
-        if stored is not None:
-            runs["exact"] = SampleResult(stored[1], stored[0])
-            seconds["exact"] += stored[2]
-            reused += len(chunk)
-        for name, engine in (("exact", exact), ("approx", approx)):
-            if name in runs:
-                continue
-            t0 = time.perf_counter()
-            runs[name] = ddim_sample(engine, noise, steps, lab, keep_trajectory=True, progress=progress)
-            elapsed = time.perf_counter() - t0
-            seconds[name] += elapsed
-            if name == "exact" and exact_samples is not None:
-                exact_samples.store(chunk, lab, runs[name].trajectory, runs[name].samples, elapsed)
-        reports = approx.reports[-steps:]
-        diffs.append((runs["approx"].trajectory - runs["exact"].trajectory).abs().flatten(2).amax(2))  # (S, b)
-        bounds.append(torch.tensor([r.bound_max for r in reports]))
-        tails.append(torch.tensor([r.tail_median for r in reports]))
-        r2 += [pearson_r2(a, e) for a, e in zip(runs["approx"].samples, runs["exact"].samples)]
-    diff = torch.cat(diffs, 1)  # (S, seeds), step S first
-    per_step = [{"step": steps - i, "t": (steps - i) / steps, "k": approx.size_at((steps - i) / steps),
-                 "max_abs_diff_median": _median(diff[i]), "max_abs_diff_max": float(diff[i].max()),
-                 "bound_max_median": _median(torch.stack(bounds)[:, i]),
-                 "tail_share_median": _median(torch.stack(tails)[:, i])} for i in range(steps)]
-    r2_t = torch.tensor(r2)
-    return {"seeds": list(seeds), "r2": r2, "r2_median": _median(r2_t), "r2_min": float(r2_t.min()),
-            "steps": per_step, "seconds": seconds, "speedup": seconds["exact"] / max(seconds["approx"], 1e-9),
-            "seconds_per_sample": {k: v / len(seeds) for k, v in seconds.items()}, "exact_reused": reused}

@@ -1,0 +1,157 @@
+"""Retrieval through an index file: the settings, the search and the logits of retrieved candidates.
+
+One :class:`Retrieval` decides which candidates a query window sees (SPEC.md "Approximate mode"):
+the approximate engine (:mod:`.approx`) and attribution through an index (:mod:`.contrib`) both take
+it and both call the helpers below, so attributing a sample sees the candidates that made it. The
+sampler records it in every sample file (:meth:`Retrieval.to_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+
+from ..errors import PatchdbError
+from ..indexing import faiss_ops as fx
+
+#: Candidates kept per query window.
+DEFAULT_TOPK = 64
+#: Default cap on the codes one query window scans, as a multiple of what its nprobe lists hold on
+#: average (:func:`patchdb.indexing.faiss_ops.nominal_codes`). Queries whose lists are balanced barely
+#: reach it; on black-background data a few lists hold most near-dark windows and queries on background
+#: would scan them all. Below 1 it also cuts balanced scans (faster, less accurate).
+DEFAULT_SCAN_CAP = 1.0
+#: Uniform sample size of the tail correction (0: off). Measured: needed at high noise, where the
+#: top-K hold a small share of the weight.
+DEFAULT_TAIL_CORRECTION = 1024
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Every knob of retrieval through an index file; the defaults are the CLI's.
+
+    Attributes
+    ----------
+    topk : K candidates kept per query window.
+    nprobe, ef : IVF lists probed and HNSW efSearch (0: the tuned defaults stored in the file).
+    k_factor : search ``topk * k_factor`` candidates by approximate distance and re-rank all of them
+        exactly (0: the tuned default stored in the file; 1 with a Flat index).
+    scan_cap : each query scans its lists nearest first and stops after ``scan_cap`` times the codes
+        its nprobe lists hold on average (0: no cap, every probed list whole).
+    tail_correction : m > 0 adds a uniform sample of m candidates, weighted ``n_total / m`` with the
+        retrieved ones masked out (an estimate of the ignored mass); 0 turns it off.
+    tail_seed : seed of that sample.
+    """
+
+    topk: int = DEFAULT_TOPK
+    nprobe: int = 0
+    ef: int = 0
+    k_factor: int = 0
+    scan_cap: float = DEFAULT_SCAN_CAP
+    tail_correction: int = DEFAULT_TAIL_CORRECTION
+    tail_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.topk) < 1:
+            raise PatchdbError(f"--topk must be at least 1, got {self.topk}")
+        if not (self.scan_cap >= 0 and math.isfinite(self.scan_cap)):
+            raise PatchdbError(f"--scan-cap must be 0 (no cap) or positive, got {self.scan_cap}")
+        for name in ("nprobe", "ef", "k_factor", "tail_correction"):
+            if int(getattr(self, name)) < 0:
+                raise PatchdbError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
+        for f in fields(self):  # normalise types so that equal settings compare and record equal
+            object.__setattr__(self, f.name, float(getattr(self, f.name)) if f.name == "scan_cap" else int(getattr(self, f.name)))
+
+    def with_options(self, **options) -> Retrieval:
+        """A copy with some knobs changed (None leaves a knob as it is)."""
+        return replace(self, **{k: v for k, v in options.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Retrieval:
+        """The settings a file records (knobs it lacks take the defaults; unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known and v is not None})
+
+    def factor(self, entry) -> int:
+        """The re-rank factor of a stored entry: ours, else the tuned one the file stores."""
+        return self.k_factor or int(entry.info.get("k_factor", 1))
+
+    def wanted(self, entry, available: int) -> int:
+        """How many candidates to search for: K times the re-rank factor, never more than exist."""
+        return min(self.topk * self.factor(entry), available)
+
+    def search(self, index, queries: torch.Tensor, want: int, id_range: tuple[int, int] | None) -> torch.Tensor:
+        """:func:`search_ids` with these settings."""
+        return search_ids(index, queries, want, self.nprobe, self.ef, id_range, self.scan_cap)
+
+    def tail_sample(self, key: tuple[int, int, int], id_lo: int, id_hi: int) -> torch.Tensor | None:
+        """The uniform tail sample (m,) of ids ``[id_lo, id_hi)`` of sub-index ``key``; None when off.
+        Seeded by the sub-index and the range, so every call on the same range draws the same ids."""
+        if not self.tail_correction:
+            return None
+        gen = torch.Generator().manual_seed(hash((self.tail_seed, *key, id_lo)) % 2**31)
+        return torch.randint(id_lo, id_hi, (self.tail_correction,), generator=gen)
+
+
+def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int = 0,
+               id_range: tuple[int, int] | None = None, scan_cap: float = DEFAULT_SCAN_CAP) -> torch.Tensor:
+    """Ids (R, want) int64 of the ``want`` nearest stored vectors to ``queries`` (R, d) (already ``x / a``),
+    -1 where fewer exist. Rows whose probed IVF lists held nothing (far-out queries at t ~ 1) are searched
+    again with 8x more lists until they find candidates: a row without any would give 0/0. Each query
+    stops scanning after the list that takes it past ``scan_cap`` times the codes its nprobe lists hold
+    on average (0: no cap; never capped when every list is probed).
+    """
+    q = queries.float().numpy()
+    ivf = fx.as_ivf(index)
+    probe = 0 if ivf is None else max(1, nprobe or int(ivf.nprobe))
+    max_codes = 0
+    if scan_cap and ivf is not None and probe < ivf.nlist:  # probing every list asks for an exhaustive scan
+        max_codes = max(want, math.ceil(scan_cap * fx.nominal_codes(index, probe)))
+    _, found = fx.search(index, q, want, probe, ef, id_range, max_codes)
+    ids = torch.from_numpy(found).long()
+    if ivf is None:
+        return ids
+    empty = (ids < 0).all(1).nonzero().view(-1)
+    while empty.numel() and probe < ivf.nlist:
+        probe = min(ivf.nlist, probe * 8)
+        _, again = fx.search(index, q[empty.numpy()], want, probe, ef, id_range)  # uncapped: must find some
+        ids[empty] = torch.from_numpy(again).long()
+        empty = empty[(ids[empty] < 0).all(1)]
+    return ids
+
+
+def tail_hits(ids: torch.Tensor, sample: torch.Tensor, blank_mask: torch.Tensor | None) -> torch.Tensor:
+    """(R, m) bool: sampled ids already counted exactly (among a row's retrieved ``ids`` (R, P), or
+    blank). Masking them keeps the estimate of the ignored sum unbiased (the sample covers all ids)."""
+    srt = ids.sort(1).values
+    where = torch.searchsorted(srt, sample.view(1, -1).expand(len(srt), -1).contiguous()).clamp(max=srt.shape[1] - 1)
+    hit = srt.gather(1, where) == sample.view(1, -1)
+    if blank_mask is not None:
+        hit |= blank_mask[sample].view(1, -1)
+    return hit
+
+
+def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``-|q_r - a phi_rj|^2 / 2b^2`` for query rows ``q`` (R, d) and their candidates ``windows`` (R, P, d),
+    in float64 whatever the inputs: written as a difference (no cancellation of large terms), so at
+    t = 0.05, where logits reach ~1e3, D stays ~1e-6 exact. Overwrites a float64 ``windows``."""
+    return windows.double().mul_(-a).add_(q.double().unsqueeze(1)).square_().sum(-1).mul_(-0.5 / (b * b))
+
+
+def expanded_logits(q: torch.Tensor, dots: torch.Tensor, norms: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``-|q_r - a phi_rj|^2 / 2b^2`` (R, P) float64 from ``dots = q_r . phi_rj`` and ``norms = |phi_rj|^2``
+    (:meth:`PatchSource.window_terms`). Expanded, so large terms cancel; in float64 that costs
+    ~1e-16 * |q|^2 / 2b^2, about 1e-11 at t = 0.05 (b = 0.078) for 17 x 17 windows, where logits reach 1e3."""
+    sq = q.double().square().sum(-1, keepdim=True)
+    return dots.mul(2 * a).sub_(norms * (a * a)).sub_(sq).mul_(0.5 / (b * b))
+
+
+def shared_logits(q: torch.Tensor, w: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """-|q_r - a w_j|^2 / 2b^2 for every row r of ``q`` (R, d) and candidate j of ``w`` (P, d): (R, P)."""
+    sq = q.square().sum(-1, keepdim=True) + (a * a) * w.square().sum(-1)
+    return (q @ w.T).mul_(2 * a).sub_(sq).mul_(0.5 / (b * b))

@@ -1,0 +1,67 @@
+"""The patch index file, as stored: one HDF5 file with the training images and a FAISS index per patch size.
+
+Layout (format ``patchdb-index``, version 1)::
+
+    /                      attrs: format, format-version, generated-by, creation-date, metadata (JSON:
+                           dataset name/meta/fingerprint, policy, machine, sizes, shape, classes,
+                           library versions, build settings)
+    /images                (N, C, H, W) uint8, ordered by class (each class a contiguous id range)
+    /labels                (N,) int64, non-decreasing
+    /sizes/k{K}/           attrs: k, info (JSON: per family plans, recall, timings)
+        e{i}/              one entry per window-geometry group i of patches.geometry(machine, K, H, W)
+                           attrs: family, indexed (bool), per_image L, groups G
+            cand_pos       (G, L) int64: flat candidate positions y * W + x of each sub-group
+            index/{g}      uint8: faiss.serialize_index of sub-group g (indexed families only)
+
+Id rule, stored in the metadata and used everywhere: in sub-index ``(K, i, g)`` the vector id
+``v`` is image ``n = v // L`` at flat position ``cand_pos[g, v % L]``, family ``e{i}.family``. A class
+``[start, stop)`` of images is the id range ``[start * L, stop * L)``. Corner (and LS fallback)
+families are not indexed: they have only N candidates per pixel and are scanned exactly.
+
+Everything that names the stored layout is here; :mod:`.builder` writes it, :mod:`.reader` reads it,
+:mod:`.windows` cuts the vectors.
+
+Loading takes the blank windows (all in-image pixels 0) out of each IVF sub-index and counts them
+(:class:`patchdb.indexing.windows.Blanks`); the approximate engine adds them back as one candidate of known multiplicity. The
+stored bytes are not changed.
+
+Building streams: vectors are cut from chunks of images, added in chunks, and every finished
+sub-index is checkpointed into ``<out>.partial/`` (temp name + rename), so a killed build resumes.
+The final file is written under a temporary name and renamed; until then ``info`` refuses the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..patches import geometry
+from ..spec import Machine
+
+INDEX_FORMAT = "patchdb-index"
+INDEX_VERSION = 1
+ID_RULE = "image = id // L; position = cand_pos[g, id % L] (flat y*W+x); class [a,b) = ids [a*L, b*L)"
+#: Families whose candidates are few per query pixel (N): scanned exactly, never indexed.
+EXACT_FAMILIES = ("corner", "ls")
+#: Environment variable: memory for loaded sub-indexes (e.g. ``8GiB``); unset: half the available memory.
+CACHE_ENV = "PATCHDB_INDEX_MEMORY"
+
+
+@dataclass
+class Entry:
+    """One geometry group of one patch size, as stored."""
+
+    family: str
+    cand_pos: torch.Tensor  # (G, L)
+    indexed: bool
+    info: dict = field(default_factory=dict)
+
+    @property
+    def per_image(self) -> int:
+        return int(self.cand_pos.shape[1])
+
+
+def entries_for(machine: Machine, k: int, height: int, width: int) -> list[Entry]:
+    geom = geometry(machine, k, height, width)
+    return [Entry(grp.family, grp.cand_pos.clone(), grp.family not in EXACT_FAMILIES) for grp in geom.groups]

@@ -1,0 +1,228 @@
+"""Reading an index file: a complete file opened once, sub-indexes deserialized on first use and kept
+within a memory budget, blank windows taken out as they load. The layout is :mod:`.format`'s."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Self
+
+import torch
+
+from ..errors import PatchdbError, PatchdbFileError
+from ..spec import Machine
+from ..store import metadata, open_checked
+from . import faiss_ops as fx
+from .format import CACHE_ENV, INDEX_FORMAT, INDEX_VERSION, Entry
+from .windows import Blanks, PatchSource, lit_integral, take_out_blanks
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_bytes() -> int | None:
+    """``PATCHDB_INDEX_MEMORY`` if set, else half of MemAvailable (Linux), else None (no limit)."""
+    text = os.environ.get(CACHE_ENV)
+    if text:
+        return fx.parse_bytes(text, CACHE_ENV)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return None
+
+
+class IndexFile:
+    """A complete index file opened for reading; sub-indexes are deserialized on first use.
+
+    Loaded sub-indexes are kept per patch size, least recently used size first out, within
+    ``cache_bytes`` ("auto": :func:`default_cache_bytes`; None: no limit): a sampler walking a schedule over a file
+    bigger than memory (N = 60,000, 8 sizes: 20 GB) holds the sizes it is using and reloads the others.
+    The size being used is never unloaded, so one size larger than the budget still works.
+    """
+
+    def __init__(self, path: str | os.PathLike, cache_bytes: int | None | str = "auto"):
+        self.path = Path(path)
+        self.cache_bytes = default_cache_bytes() if cache_bytes == "auto" else cache_bytes  # None: no limit
+        self.loads = 0  # sub-index deserializations (tests and logs)
+        self.h5 = open_checked(self.path, INDEX_FORMAT, INDEX_VERSION)
+        try:
+            self.meta = metadata(self.h5)
+            self._check_complete()
+        except (KeyError, ValueError, OSError) as err:
+            self.h5.close()
+            if isinstance(err, PatchdbError):
+                raise
+            raise PatchdbError(f"{self.path} is incomplete or corrupted ({err.__class__.__name__}); rebuild it with patchdb build") from None
+        self.machine = Machine.parse(self.meta["machine"])
+        self.sizes = tuple(int(k) for k in self.meta["sizes"])
+        self.channels, self.height, self.width = self.meta["shape"]
+        self._indexes: dict[tuple[int, int, int], tuple[object, int]] = {}
+        self._entries: dict[int, list[Entry]] = {}
+        self._source: PatchSource | None = None
+        self._blanks: dict[tuple[int, int, int], Blanks | None] = {}
+        self._lit: torch.Tensor | None = None  # lit_integral of the images, made on first need
+
+    def _check_complete(self) -> None:
+        for name in ("images", "labels", "sizes"):
+            if name not in self.h5:
+                raise PatchdbError(f"{self.path} has no '{name}': the build did not finish; rerun patchdb build")
+        for k in self.meta["sizes"]:
+            grp = self.h5["sizes"].get(f"k{k}")
+            if grp is None:
+                raise PatchdbError(f"{self.path} lacks patch size {k} its metadata lists; rebuild it")
+            for e in grp.values():
+                if e.attrs["indexed"] and len(e["index"]) != e["cand_pos"].shape[0]:
+                    raise PatchdbError(f"{self.path} size {k} has missing sub-indexes; rebuild it")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.h5.close()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def images(self) -> torch.Tensor:
+        """(N, C, H, W) uint8, ordered by class."""
+        return torch.from_numpy(self.h5["images"][()])
+
+    def labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.h5["labels"][()]).long()
+
+    def entries(self, k: int) -> list[Entry]:
+        """The stored entries of size ``k`` (read once; callers must not modify them)."""
+        if k not in self._entries:
+            grp = self.h5[f"sizes/k{k}"]
+            out = []
+            for i in range(len(grp)):
+                e = grp[f"e{i}"]
+                out.append(Entry(str(e.attrs["family"]), torch.from_numpy(e["cand_pos"][()]).long(),
+                                 bool(e.attrs["indexed"]), json.loads(e.attrs["info"])))
+            self._entries[k] = out
+        return self._entries[k]
+
+    def entries_for_groups(self, k: int, groups, machine: Machine) -> list[tuple[int, Entry]]:
+        """(entry number, entry) of each geometry group of ``machine`` at size ``k``, matched by candidate
+        positions (so a bbELS file serves ELS); one line naming the fix when the file lacks a family."""
+        stored = self.entries(k)
+        found = []
+        for grp in groups:
+            match = [(i, e) for i, e in enumerate(stored) if e.cand_pos.shape == grp.cand_pos.shape
+                     and torch.equal(e.cand_pos, grp.cand_pos)]
+            if not match:
+                raise PatchdbError(f"{self.path} has no {grp.family} candidates for k={k}; it was built for "
+                                   f"machine {self.machine.value}, rebuild it for {Machine.parse(machine).value}")
+            found.append(match[0])
+        return found
+
+    def source(self) -> PatchSource:
+        """The stored images as a float64 :class:`PatchSource` padded for the largest size, made once and
+        shared by everything reading windows through this file (the approximate engine, attribution)."""
+        if self._source is None:
+            self._source = PatchSource(self.images(), max(self.sizes) // 2, torch.float64)
+        return self._source
+
+    def index(self, k: int, i: int, g: int):
+        key = (k, i, g)
+        if key not in self._indexes:
+            data = self.h5[f"sizes/k{k}/e{i}/index/{g}"]
+            self._make_room(k, data.nbytes)
+            index = fx.deserialize(data[()])
+            self._blanks[key] = self._take_out_blanks(index, k, i, g)
+            extra = 0 if self._blanks[key] is None else self._blanks[key].nbytes
+            self._indexes[key] = (index, int(data.nbytes) + extra)
+            self.loads += 1
+        # Most recently used last: re-insert this size's entries (dicts keep insertion order).
+        if next(reversed(self._indexes))[0] != k:
+            for other in [key2 for key2 in self._indexes if key2[0] == k]:
+                self._indexes[other] = self._indexes.pop(other)
+        return self._indexes[key][0]
+
+    def blanks(self, k: int, i: int, g: int) -> Blanks | None:
+        """The blank windows taken out of sub-index ``(k, i, g)`` (None: none, or a Flat index, where
+        ids are positions and nothing is taken out); loads the sub-index if needed."""
+        self.index(k, i, g)
+        return self._blanks[(k, i, g)]
+
+    def _take_out_blanks(self, index, k: int, i: int, g: int) -> Blanks | None:
+        """Remove blank windows from a freshly loaded IVF sub-index (:func:`take_out_blanks`)."""
+        if fx.as_ivf(index) is None:
+            return None
+        if self._lit is None:
+            self._lit = lit_integral(self.images())
+        return take_out_blanks(index, self._lit, self.height, self.width, k, self.entries(k)[i].cand_pos[g],
+                               where=f"{self.path} size {k}")
+
+    def loaded_sizes(self) -> list[int]:
+        """Patch sizes with sub-indexes in memory, least recently used first."""
+        return list(dict.fromkeys(key[0] for key in self._indexes))
+
+    def _make_room(self, k: int, incoming: int) -> None:
+        if self.cache_bytes is None:
+            return
+        used = sum(nbytes for _, nbytes in self._indexes.values())
+        for old in self.loaded_sizes():
+            if used + incoming <= self.cache_bytes:
+                break
+            if old == k:
+                continue
+            for key in [key2 for key2 in self._indexes if key2[0] == old]:
+                used -= self._indexes.pop(key)[1]
+                self._blanks.pop(key, None)
+            log.info("unloaded the k=%d indexes of %s (index memory budget %.1f GiB; set %s to keep more)",
+                     old, self.path.name, self.cache_bytes / 2**30, CACHE_ENV)
+
+    def check_dataset(self, fingerprint: str | None) -> None:
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise PatchdbError(
+                f"{self.path} was built from another dataset ({self.meta['dataset']}, fingerprint "
+                f"{self.fingerprint[:12]}), not the one given ({fingerprint[:12]}); build an index for this data"
+            )
+
+    def check(self, machine: Machine | str, sizes, fingerprint: str | None = None) -> None:
+        """One-line errors for a file built for another dataset, machine or set of patch sizes."""
+        self.check_dataset(fingerprint)
+        machine = Machine.parse(machine)
+        if machine is Machine.IS:
+            raise PatchdbError("the IS machine needs no index; run patchdb sample --machine is without --index")
+        if machine is Machine.BBELS and self.machine is not Machine.BBELS:
+            raise PatchdbError(f"{self.path} was built for machine {self.machine.value}, which has no edge families; "
+                               "rebuild it with --machine bbels")
+        missing = sorted({int(k) for k in sizes} - set(self.sizes))
+        if missing:
+            add = ",".join(str(k) for k in missing)
+            raise PatchdbError(
+                f"{self.path} has no index for patch sizes {missing} (it has {list(self.sizes)}); add them with "
+                f"patchdb build --dataset {self.meta['dataset']} --machine {self.machine.value} --scales {add} --add --out {self.path}"
+            )
+
+    def info(self) -> dict:
+        """What is inside: dataset, machine, and per size the families, index types, recall, memory."""
+        attrs = {key: (v.item() if hasattr(v, "item") else v) for key, v in self.h5.attrs.items() if key != "metadata"}
+        sizes = {}
+        for k in self.sizes:
+            fams = []
+            for i, entry in enumerate(self.entries(k)):
+                stored = sum(d.nbytes for d in self.h5[f"sizes/k{k}/e{i}/index"].values()) if entry.indexed else 0
+                fams.append({**entry.info, "stored_bytes": int(stored)})
+            sizes[str(k)] = fams
+        images_bytes = int(self.h5["images"].nbytes)
+        total = images_bytes + sum(f["stored_bytes"] for fams in sizes.values() for f in fams)
+        return {"path": str(self.path), **attrs, "metadata": self.meta, "images_bytes": images_bytes,
+                "sizes": sizes, "memory_to_load_bytes": total, "file_bytes": self.path.stat().st_size}
+
+
+def open_index(path: str | os.PathLike) -> IndexFile:
+    if not Path(path).exists():
+        raise PatchdbFileError(f"index file {path} does not exist; build it with patchdb build --out {path}")
+    return IndexFile(path)
