@@ -1,0 +1,107 @@
+"""Computing one shard where the work runs: in the driver, a local worker process or a Ray actor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import PatchdbError
+from ..sampler import ddim_sample, initial_noise
+from ..store import write_samples
+from .spec import Engine, RunSpec, set_threads
+
+
+def seed_labels(seeds: list[int], label: str | None, num_classes: int | None) -> torch.Tensor | None:
+    """Seed ``s``'s class: None (unconditional), one class for all, or ``all``: ``s mod num_classes``
+    (as :func:`patchdb.generate.sample_labels`), so a seed's label does not depend on its shard."""
+    if label is None:
+        return None
+    if num_classes is None:
+        raise PatchdbError("class-conditional sampling needs a labelled dataset")
+    s = torch.as_tensor(seeds, dtype=torch.long)
+    if label == "all":
+        return s % num_classes
+    value = int(label)
+    if not 0 <= value < num_classes:
+        raise PatchdbError(f"label {value} is out of range 0..{num_classes - 1}; pick a class of the dataset")
+    return torch.full_like(s, value)
+
+
+def sample_seeds(engine: Engine, seeds: list[int], shape: tuple[int, int, int], num_classes: int | None,
+                 check=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The samples of ``seeds``, in batches of exactly ``batch_size`` rows: a short last batch is padded
+    with copies of its last seed's noise (rows are independent; only the row count changes bits)."""
+    spec = engine.spec
+    labels = seed_labels(seeds, spec.label, num_classes)
+    outs = []
+    for start in range(0, len(seeds), spec.batch_size):
+        chunk = seeds[start : start + spec.batch_size]
+        padded = chunk + [chunk[-1]] * (spec.batch_size - len(chunk))
+        noise = initial_noise(padded, shape, engine.dtype).to(engine.device)
+        lab = None
+        if labels is not None:
+            part = labels[start : start + len(chunk)]
+            lab = torch.cat([part, part[-1:].expand(len(padded) - len(chunk))]).to(engine.device)
+        res = ddim_sample(engine.denoiser, noise, engine.steps, lab, callback=check)
+        outs.append(res.samples[: len(chunk)].cpu())
+    return torch.cat(outs), labels
+
+
+def write_shard(engine: Engine, path: Path, seeds: list[int], shape, num_classes, settings_id: str,
+                sizes: list[int] | None, check=None) -> float:
+    """Compute a shard and write it atomically to ``path``; returns the seconds it took."""
+    start = time.perf_counter()
+    samples, labels = sample_seeds(engine, seeds, shape, num_classes, check)
+    seconds = time.perf_counter() - start
+    save_shard(path, samples, seeds, labels, sizes, engine.spec, settings_id, seconds)
+    return seconds
+
+
+def save_shard(path: Path, samples: torch.Tensor, seeds: list[int], labels: torch.Tensor | None,
+               sizes: list[int] | None, spec: RunSpec, settings_id: str, seconds: float) -> None:
+    """A shard as a ``patchdb-samples`` file, written under a temporary name and renamed."""
+    meta = {"settings_id": settings_id, "run_spec": spec.to_dict(), "seconds": seconds}
+    write_samples(path, samples, seeds, labels, sizes, meta)
+
+
+# -- local worker processes ----------------------------------------------------------------------
+
+_ENGINE: Engine | None = None
+_PARENT: int | None = None
+
+
+def init_local_worker(spec: dict, threads: int) -> None:
+    """Process-pool initializer: this process's share of threads, then the engine (loaded once)."""
+    global _ENGINE, _PARENT
+    _PARENT = os.getppid()
+    _die_with_parent()
+    set_threads(threads)
+    _ENGINE = Engine(RunSpec.from_dict(spec))
+
+
+def local_task(path: str, seeds: list[int], shape, num_classes, settings_id, sizes) -> tuple[float, str]:
+    from .folder import worker_name
+
+    seconds = write_shard(_ENGINE, Path(path), seeds, tuple(shape), num_classes, settings_id, sizes, _check_parent)
+    return seconds, worker_name()
+
+
+def _check_parent(info: dict) -> None:
+    """Sampler callback: stop if the driver is gone (a ``kill -9``ed driver must not leave workers
+    writing shards while its rerun computes them)."""
+    if _PARENT is not None and os.getppid() != _PARENT:
+        os._exit(1)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # elsewhere the per-step parent check above does the job
