@@ -267,4 +267,14 @@ def open_run(folder: str | os.PathLike, partial: bool = False, verify: bool = Tr
                   None if (labels < 0).all() else labels, manifest, missing)
 
 
-__all__ = ["RunFolder", "RunSet", "open_run", "split_shards", "shard_name", "SAMPLES_FORMAT"]
+__all__ = ["SAMPLES_FORMAT", "RunFolder", "RunSet", "open_run", "shard_name", "split_shards"]
+
+
+def load_samples(path: str | os.PathLike, partial: bool = False) -> RunSet:
+    """A run folder (:func:`open_run`) or a one-file ``.h5`` sample set, as a :class:`RunSet`."""
+    path = Path(path)
+    if path.is_dir():
+        return open_run(path, partial=partial)
+    got = read_samples(path)
+    labels = got["labels"]
+    return RunSet(got["samples"], got["seeds"], None if (labels < 0).all() else labels, got["metadata"], [])

@@ -1,0 +1,50 @@
+"""``patchdb report``: nearest training images, near-copy share, diversity and classes of a sample set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import dataset_options, load_from_options
+
+
+@click.command()
+@click.argument("run", type=click.Path(exists=True))
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Report folder (report.json, report.png, index.html); default RUN/report (RUN.report for a .h5).")
+@click.option("--index", "index_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Compare with the images stored in this index file (default: the run's own training data).")
+@dataset_options
+@click.option("--partial", is_flag=True, help="Report on the finished shards of an unfinished run.")
+@click.option("--force", is_flag=True, help="Replace an existing report.")
+def command(run, out, index_file, dataset, root, split, download, limit, only_classes, policy, partial, force):
+    """Report on RUN (a run folder or a .h5 sample file): nearest training images (exact, L2), near-copy
+    share (d1/d2 < 1/3), pixel-space diversity, class balance, most and least novel samples."""
+    from patchdb.report import (
+        Training,
+        picture,
+        report,
+        training_of_index,
+        training_of_run,
+        write_report,
+    )
+    from patchdb.runs.folder import load_samples
+
+    got = load_samples(run, partial=partial)
+    run_path = Path(run)
+    out = Path(out) if out else (run_path / "report" if run_path.is_dir() else run_path.with_suffix(".report"))
+    if index_file is not None:
+        training = training_of_index(index_file)
+    elif dataset != "embedded" or limit is not None or "run_spec" not in got.metadata:
+        data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
+        training = Training(data.to_float(), data.labels, f"{len(data)} images of {data.name}")
+    else:
+        training = training_of_run(got.metadata)
+    click.echo(f"{len(got.seeds)} samples of {run} against {training.describe}", err=True)
+    result = report(got.samples, got.seeds, got.labels, training, source=str(run))
+    write_report(result, picture(got.samples, result, training), out, force)
+    nc = result["near_copy"]
+    click.echo(f"wrote {out}/report.json, report.png, index.html: near-copy share {nc['share']:.3f} "
+               f"({nc['count']} of {result['samples']}), median nearest distance {result['nearest_distance']['median']:.3f}, "
+               f"diversity {result['diversity']['mean_pairwise_l2']:.3f} (training {result['diversity']['training_mean_pairwise_l2']:.3f})")
