@@ -11,5 +11,14 @@ from .folder import RunFolder, RunSet, open_run
 from .seeds import format_seeds, parse_seeds, seeds_option
 from .spec import RunSpec
 
-__all__ = ["RunSpec", "RunSummary", "RunFolder", "RunSet", "open_run", "run_samples", "parse_seeds",
-           "format_seeds", "seeds_option"]
+__all__ = [
+           "RunFolder",
+           "RunSet",
+           "RunSpec",
+           "RunSummary",
+           "format_seeds",
+           "open_run",
+           "parse_seeds",
+           "run_samples",
+           "seeds_option",
+]

@@ -82,6 +82,21 @@ def run_samples(
     if workers < 1:
         raise PatchdbError(f"--workers must be at least 1, got {workers}")
     shard_size = shard_size or default_shard_size(spec.batch_size)
+    owned = False
+    if ray is not None:  # before anything is written: an unreachable cluster leaves no folder behind
+        from .ray_backend import connect, import_ray
+
+        owned = connect(import_ray(), ray)
+    try:
+        return _drive(folder, spec, seeds, shard_size, workers, threads, ray, force, progress, on_shard, echo)
+    finally:
+        if owned:
+            import ray as ray_module
+
+            ray_module.shutdown()
+
+
+def _drive(folder, spec, seeds, shard_size, workers, threads, ray, force, progress, on_shard, echo) -> RunSummary:
     res = resolve(spec)
     settings = run_settings(spec, res)
     run = RunFolder(folder)
@@ -111,7 +126,7 @@ def run_samples(
         if ray is not None:
             from .ray_backend import run_ray
 
-            run_ray(ray, spec, *job, finished, echo)
+            run_ray(spec, *job, finished, echo)
         elif workers == 1:
             _run_here(spec, *job, finished, threads)
         else:

@@ -92,19 +92,19 @@ def _probe(address: str, timeout: float) -> None:
                            f"within {timeout:.0f} s; check the address or start it with `ray start --head`") from None
 
 
-def run_ray(address, spec: RunSpec, run, todo, res, settings, finished, echo) -> None:
+def run_ray(spec: RunSpec, run, todo, res, settings, finished, echo) -> None:
+    """Compute the shards ``todo`` on the Ray cluster this process is connected to (:func:`connect`)."""
+    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from .work import save_shard
 
-    ray = import_ray()
-    owned = connect(ray, address)
+    actors = []
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
         if not nodes:
-            raise PatchdbError(f"the Ray cluster at '{address}' has no live node with a CPU")
+            raise PatchdbError("the Ray cluster has no live node with a CPU; add a node or check `ray status`")
         remote = ray.remote(ShardActor)
-        actors = []
         for node in nodes:
             threads = int(node["Resources"]["CPU"])
             where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
@@ -137,8 +137,6 @@ def run_ray(address, spec: RunSpec, run, todo, res, settings, finished, echo) ->
                            run.manifest["settings_id"], seconds)
                 finished(i, seconds, worker)
                 feed(actor)
+    finally:
         for actor in actors:
             ray.kill(actor)
-    finally:
-        if owned:
-            ray.shutdown()

@@ -38,10 +38,11 @@ def format_seeds(seeds: list[int]) -> str:
     return ",".join(parts)
 
 
-def seeds_option(seeds: str | None, num: int | None) -> list[int]:
-    """The CLI's ``--seeds`` / ``--num`` (shorthand for ``--seeds 0-(num-1)``); exactly one may be given."""
-    if seeds is not None and num is not None:
-        raise PatchdbError("--seeds and --num both given; --num N is short for --seeds 0-(N-1), pass one of them")
+def seeds_option(seeds: str | None, num: int | None, first: int = 0) -> list[int]:
+    """The CLI's ``--seeds`` / ``--num`` (short for ``--seeds first-(first+num-1)``, ``first`` = ``--seed``,
+    default 0; ``num`` defaults to 16); ``--seeds`` excludes the other two."""
+    if seeds is not None and (num is not None or first != 0):
+        raise PatchdbError("--seeds with --num or --seed: --num N is short for --seeds SEED-(SEED+N-1), pass one of them")
     if seeds is not None:
         return parse_seeds(seeds)
-    return list(range(num if num is not None else 16))
+    return list(range(first, first + (num if num is not None else 16)))
