@@ -82,7 +82,7 @@ def build(dataset, root, limit, machine, scales, memory, keep):
     total_s = 0.0
     for k in parse_schedule(scales).distinct():
         out = folder / f"{Path(dataset).stem}-{limit or 'all'}-k{k}.h5"
-        cmd = [sys.executable, "-m", "cli.main", "build", "--dataset", dataset, "--root", root, "--machine", machine,
+        cmd = [sys.executable, "-m", "patchdb.cli.main", "build", "--dataset", dataset, "--root", root, "--machine", machine,
                "--scales", str(k), "--memory", memory, "--out", str(out), "--force"]
         if limit:
             cmd += ["--limit", str(limit)]

@@ -20,20 +20,7 @@ from patchdb.errors import PatchdbError
 from patchdb.indexing.reader import open_index
 from patchdb.store import check_writable, read_samples
 
-from .options import DTYPES
-
-
-def parse_ints(text: str | None, what: str, count: int | None = None) -> list[int] | None:
-    """'3,4' -> [3, 4]; one-line error otherwise."""
-    if text is None:
-        return None
-    try:
-        vals = [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise PatchdbError(f"{what} '{text}' is not a comma list of integers, e.g. 16,16") from None
-    if count is not None and len(vals) != count:
-        raise PatchdbError(f"{what} '{text}' needs {count} integers separated by commas")
-    return vals
+from .options import DTYPES, parse_ints
 
 
 def _reusable(out: Path, samples: Path, mass: float, max_contrib: int, rows: list[int] | None):

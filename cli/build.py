@@ -31,7 +31,8 @@ def default_out(dataset: str, machine: Machine) -> Path:
 @dataset_options
 @click.option("--machine", "-m", default="bbels", help="els or bbels: which candidate families to index.")
 @click.option("--scales", "-s", default="fashion-mnist-resnet-zeros",
-              help="Patch sizes: a schedule preset, a .json/.txt schedule file or a comma list (all distinct sizes are built).")
+              help="Patch sizes: a schedule preset, a .json/.txt schedule file or a comma list (all distinct sizes are "
+                   "built). A preset or file is also recorded as the schedule 'sample --index' uses by default.")
 @click.option("--index-key", default="auto", help="A faiss index_factory string for every size, or auto (from size and --memory).")
 @click.option("--memory", default="8GiB", help="Memory budget of one index (per patch-size family).")
 @click.option("--recall-k", type=click.IntRange(min=1), default=64, help="K of the recall@K the search defaults are tuned for.")
@@ -44,16 +45,31 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
             recall_k, threads, seed, out, add, force):
     """Build the patch index file of a dataset for a machine and a set of patch sizes."""
     machine = Machine.parse(machine)
-    sizes = parse_schedule(scales).distinct()
+    sched = parse_schedule(scales)
+    sizes = sched.distinct()
     out = Path(out) if out else default_out(dataset, machine)
     if out.exists() and not (add or force):
         raise PatchdbError(f"{out} already exists; pass --add to add patch sizes to it or --force to rebuild it")
     set_threads(threads)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
-    config = BuildConfig(machine.value, sizes, index_key, parse_memory(memory), recall_k, seed=seed)
+    schedule = _recorded_schedule(scales, sched, out if add else None)
+    config = BuildConfig(machine.value, sizes, index_key, parse_memory(memory), recall_k, seed=seed, **schedule)
     click.echo(f"building {machine.value} indexes of {len(data):,} images of {data.name} for sizes {list(sizes)} -> {out}", err=True)
     start = time.perf_counter()
     build_index_file(data, out, config, progress=True, overwrite=force, add=add)
     with IndexFile(out) as f:
         size = out.stat().st_size
         click.echo(f"wrote {out} ({size / 2**20:.1f} MiB, sizes {list(f.sizes)}) in {time.perf_counter() - start:.1f} s")
+
+
+def _recorded_schedule(text: str, sched, existing: Path | None) -> dict:
+    """The schedule to record: --scales' own when it names one (a preset or a file, not a plain comma list
+    of sizes), else the one an existing file (--add) recorded, else none."""
+    if not re.fullmatch(r"[\d,\s]*", text):
+        return {"schedule": tuple(sched.sizes), "schedule_name": sched.name}
+    if existing is not None and existing.exists():
+        with IndexFile(existing) as old:
+            build = old.meta.get("build") or {}
+            if build.get("schedule"):
+                return {"schedule": tuple(build["schedule"]), "schedule_name": str(build.get("schedule_name", ""))}
+    return {}

@@ -14,8 +14,7 @@ from patchdb.evaluation.factories import machine_factory
 from patchdb.spec import Machine
 from patchdb.store import check_writable
 
-from .compare import network_options, setup
-from .options import DTYPES, dataset_options
+from .options import DTYPES, dataset_options, network_options, retrieval_from, setup
 
 
 @click.command()
@@ -32,7 +31,8 @@ from .options import DTYPES, dataset_options
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json",
               help="Schedule JSON (usable as --schedule); the heat map PNG goes beside it.")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, steps, label,
-            batch_size, device, dtype, block_mb, index, topk, threads, machine, sizes, criterion, out):
+            batch_size, device, dtype, block_mb, index, threads, topk, nprobe, ef, k_factor, tail_correction, scan_cap,
+            machine, sizes, criterion, out):
     """Calibrate a scale schedule against a trained network (best size per step, median over seeds)."""
     out = check_writable(out)
     machine = Machine.parse(machine)
@@ -49,7 +49,9 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
     if auto:
         candidates = list(range(3, receptive_field(cfg) + 1, 2))
     candidates = check_sizes(candidates, data.height, data.width)
-    make = machine_factory(machine, images, data.labels, dev, int(block_mb * 2**20), index, topk, data.fingerprint())
+    retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap)
+    make = machine_factory(machine, images, data.labels, dev, int(block_mb * 2**20), index, fingerprint=data.fingerprint(),
+                           retrieval=retrieval)
     click.echo(f"calibrating {machine.value} against {cfg.arch} ({cfg.padding}) over {num} seeds, sizes {list(candidates)}, "
                f"{len(data)} training images of {data.name}", err=True)
     start = time.perf_counter()
@@ -58,7 +60,8 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
     cal.settings = {
         "name": f"calibrated-{machine.value}-{Path(str(checkpoint)).name}", "command": "calibrate",
         "checkpoint": str(checkpoint), "weights": weights_digest(checkpoint), "model": cfg.to_dict(), "machine": machine.value, "steps": steps, "seed": seed,
-        "num": num, "label": label, "engine": "approx" if index else "exact", "dataset": data.meta,
+        "num": num, "label": label, "engine": "approx" if index else "exact", "index": index,
+        "retrieval": retrieval.to_dict() if index else None, "dataset": data.meta,
         "fingerprint": data.fingerprint(), "device": str(dev), "dtype": dtype,
         "seconds": round(time.perf_counter() - start, 1),
     }

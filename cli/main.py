@@ -1,13 +1,14 @@
 """The ``patchdb`` command: a thin click front end over the library.
 
-Each subcommand lives in its own module (``cli/<name>.py``) exposing ``command``; this file only
-groups them and turns library errors into one line and exit code 2 (``--debug`` shows the traceback).
+Each subcommand lives in its own module (``cli/<name>.py``, installed as ``patchdb.cli.<name>``)
+exposing ``command``; this file only groups them, loading a command's module when it is invoked or
+its own help is asked for, so ``patchdb --help`` and shell completion answer without importing torch.
+Library errors become one line and exit code 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import sys
 
@@ -15,11 +16,48 @@ import click
 
 from patchdb.errors import PatchdbError
 
-# Subcommand modules, in the order ``patchdb --help`` lists them.
-COMMANDS = ["sample", "build", "info", "validate", "query", "attribute", "train", "calibrate", "compare"]
+#: name -> one-line help, in the order ``patchdb --help`` lists them; the module is ``patchdb.cli.<name>``.
+#: The help must be the command's own short help (tests/test_cli_main.py checks it).
+COMMANDS = {
+    "sample": "Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS), or the top-K engine with --index.",
+    "build": "Build the patch index file of a dataset for a machine and a set of patch sizes.",
+    "info": "Describe an index file built by patchdb build (refuses incomplete or foreign files).",
+    "validate": "For M seeds, sample with the exact and the approximate engine from the same noise and compare.",
+    "query": "Top-n nearest training windows of every window of IMAGE (or of one pixel or box).",
+    "attribute": "Which training patches made each pixel of each sample, at each step (exact, or --index).",
+    "train": "Train a convolution-only diffusion baseline (epsilon prediction, SPEC.md's schedule).",
+    "calibrate": "Calibrate a scale schedule against a trained network (best size per step, median over seeds).",
+    "compare": "Sample the network and each machine from the same seeds; table of median r and r^2, scatter, grid.",
+}
+
+
+def load_command(name: str) -> click.Command:
+    return importlib.import_module(f"patchdb.cli.{name}").command
 
 
 class PatchdbGroup(click.Group):
+    """Subcommands loaded on first use; library errors as one line and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return load_command(name) if name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from COMMANDS, without importing any command module."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.utils.make_default_short_help(text, limit)) for name, text in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str):
+        """Command names (and the group's options) without importing any command module."""
+        from click.shell_completion import CompletionItem
+
+        items = [CompletionItem(name, help=text) for name, text in COMMANDS.items() if name.startswith(incomplete)]
+        return items + click.Command.shell_complete(self, ctx, incomplete)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -43,11 +81,6 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
     ctx.obj = {"debug": debug}
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
-for _name in COMMANDS:
-    if importlib.util.find_spec(f"cli.{_name}") is not None:
-        main.add_command(importlib.import_module(f"cli.{_name}").command, name=_name)
 
 
 if __name__ == "__main__":

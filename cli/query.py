@@ -15,8 +15,7 @@ from patchdb.errors import PatchdbError
 from patchdb.indexing.reader import open_index
 from patchdb.store import check_writable, read_samples
 
-from .attribute import parse_ints
-from .options import dataset_options, load_from_options
+from .options import dataset_options, load_from_options, parse_ints
 
 
 def read_image(path: Path, sample_id: int) -> tuple[torch.Tensor, dict | None]:

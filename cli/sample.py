@@ -9,7 +9,6 @@ import click
 
 from patchdb.denoisers.exact import ExactMachine
 from patchdb.denoisers.factory import make_denoiser
-from patchdb.denoisers.retrieval import DEFAULT_SCAN_CAP
 from patchdb.generate import generate, sample_labels
 from patchdb.indexing.reader import open_index
 from patchdb.plots import save_grid
@@ -17,14 +16,18 @@ from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
 from patchdb.store import check_writable, write_samples
 
-from .options import DTYPES, dataset_options, load_from_options, resolve_device
+from .options import DTYPES, dataset_options, load_from_options, resolve_device, retrieval_from, retrieval_options
+
+#: Schedule of the exact engine when --schedule is not given.
+DEFAULT_SCHEDULE = "mnist-resnet-zeros"
 
 
 @click.command()
 @dataset_options
 @click.option("--machine", "-m", default="bbels", help="is, ls, els or bbels.")
-@click.option("--schedule", "-s", default="mnist-resnet-zeros",
-              help="Preset name, constant:K, a comma list (scales[0] = lowest noise first) or a .json/.txt file.")
+@click.option("--schedule", "-s", default=None,
+              help="Preset name, constant:K, a comma list (scales[0] = lowest noise first) or a .json/.txt file "
+                   f"(default: with --index the schedule the file records, else {DEFAULT_SCHEDULE}).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the schedule's length).")
 @click.option("--num", "-n", type=click.IntRange(min=1), default=16, help="Number of samples.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, help="Samples per batch.")
@@ -38,15 +41,7 @@ from .options import DTYPES, dataset_options, load_from_options, resolve_device
 @click.option("--index", "index_file", type=click.Path(dir_okay=False), default=None,
               help="Sample with the approximate (top-K) engine over this index file (patchdb build); dataset options are ignored.")
 @click.option("--exact", is_flag=True, help="With --index: run the exact engine on the images stored in the file.")
-@click.option("--topk", type=click.IntRange(min=1), default=64, help="With --index: candidates kept per query window.")
-@click.option("--nprobe", type=click.IntRange(min=0), default=0, help="With --index: IVF lists probed (0: tuned default in the file).")
-@click.option("--ef", type=click.IntRange(min=0), default=0, help="With --index: HNSW efSearch of the coarse quantizer (0: default).")
-@click.option("--k-factor", type=click.IntRange(min=0), default=0,
-              help="With --index: search and exactly re-rank topk x this many candidates (0: tuned default in the file).")
-@click.option("--tail-correction", type=click.IntRange(min=0), default=1024,
-              help="With --index: estimate the ignored mass from a uniform sample of this many candidates (0: off).")
-@click.option("--scan-cap", type=click.FloatRange(min=0), default=DEFAULT_SCAN_CAP, show_default=True,
-              help="With --index: a query stops scanning after this many times the codes its nprobe lists hold on average (0: no cap).")
+@retrieval_options()
 def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num,
             batch_size, seed, label, device, dtype, block_mb, save_trajectory, out, index_file, exact, topk, nprobe,
             ef, k_factor, tail_correction, scan_cap):
@@ -55,10 +50,11 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     machine = Machine.parse(machine)
     dev = resolve_device(device)
     if index_file is not None:
+        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap)
         return _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype,
-                             save_trajectory, out, exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap)
+                             save_trajectory, out, exact, retrieval)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
-    sched = parse_schedule(schedule, steps)
+    sched = parse_schedule(schedule or DEFAULT_SCHEDULE, steps)
     sched.check_fits(data.height, data.width)
     labels = sample_labels(num, label, data.num_classes, seed)
     engine = ExactMachine(data.to_float(DTYPES[dtype]), machine, sched, labels=data.labels, device=dev,
@@ -79,16 +75,15 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
 
 
 def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype, save_trajectory, out,
-                  exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap):
+                  exact, retrieval):
     """``sample --index``: the approximate engine over the file, or ``--exact`` on the images it stores."""
     with open_index(index_file) as f:
-        sched = parse_schedule(schedule, steps)
+        sched = parse_schedule(schedule, steps) if schedule else f.recorded_schedule(steps)
         labels = sample_labels(num, label, len(f.meta["classes"]), seed)
-        extra = {"device": dev} if exact else {"scan_cap": scan_cap, "k_factor": k_factor}
-        engine = make_denoiser(machine, sched, index=f, exact=exact, topk=topk, nprobe=nprobe, ef=ef,
-                               tail_samples=tail_correction, dtype=DTYPES[dtype], **extra)
+        extra = {"device": dev} if exact else {"retrieval": retrieval}
+        engine = make_denoiser(machine, sched, index=f, exact=exact, dtype=DTYPES[dtype], **extra)
         shape = (f.channels, f.height, f.width)
-        kind = "exact" if exact else f"approximate (top-{topk})"
+        kind = "exact" if exact else f"approximate (top-{retrieval.topk})"
         click.echo(f"{kind} {machine.value} engine over {f.meta['count']} images of {f.meta['dataset']} from {index_file}, "
                    f"schedule {sched.name}, {num} samples", err=True)
         start = time.perf_counter()
@@ -99,8 +94,9 @@ def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, l
         settings = {
             "command": "sample", "engine": "exact" if exact else "approx", "index": str(index_file), "machine": machine.value,
             "schedule": list(sched.sizes), "schedule_name": sched.name, "steps": sched.steps, "num": num,
-            "batch_size": batch_size, "seed": seed, "label": label, "dtype": dtype, "topk": topk, "nprobe": nprobe, "ef": ef, "k_factor": k_factor, "scan_cap": scan_cap,
-            "tail_correction": tail_correction, "dataset_name": f.meta["dataset"], "fingerprint": f.fingerprint,
+            "batch_size": batch_size, "seed": seed, "label": label, "dtype": dtype,
+            **({"device": str(dev)} if exact else {**retrieval.to_dict(), "retrieval": retrieval.to_dict()}),
+            "dataset_name": f.meta["dataset"], "fingerprint": f.fingerprint,
             "seconds": seconds, "step_reports": reports,
         }
     for r in reports:

@@ -8,7 +8,6 @@ import sys
 import click
 
 from patchdb.denoisers.factory import make_denoiser
-from patchdb.denoisers.retrieval import DEFAULT_SCAN_CAP, DEFAULT_TOPK
 from patchdb.evaluation.validate import validate_engines
 from patchdb.generate import sample_labels
 from patchdb.indexing.reader import open_index
@@ -16,7 +15,7 @@ from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
 from patchdb.store import ExactSamples, atomic_write, check_writable
 
-from .options import DTYPES, resolve_device
+from .options import DTYPES, resolve_device, retrieval_from, retrieval_options
 
 
 @click.command()
@@ -27,14 +26,7 @@ from .options import DTYPES, resolve_device
 @click.option("--seed", type=int, default=0, help="First seed; seeds are seed .. seed + M - 1.")
 @click.option("--label", default=None, help="Condition on a class, or 'all' to cycle through the classes.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, help="Samples per batch (both engines).")
-@click.option("--topk", type=click.IntRange(min=1), default=DEFAULT_TOPK, help="Candidates per query window.")
-@click.option("--nprobe", type=click.IntRange(min=0), default=0, help="IVF lists probed (0: tuned default in the file).")
-@click.option("--ef", type=click.IntRange(min=0), default=0, help="HNSW efSearch of the coarse quantizer (0: default).")
-@click.option("--k-factor", type=click.IntRange(min=0), default=0, help="Re-rank topk x this many (0: tuned default).")
-@click.option("--tail-correction", type=click.IntRange(min=0), default=1024,
-              help="Estimate the ignored mass from a uniform sample of m candidates (0: off; measured: needed at high noise).")
-@click.option("--scan-cap", type=click.FloatRange(min=0), default=DEFAULT_SCAN_CAP, show_default=True,
-              help="A query stops scanning after this many times the codes its nprobe lists hold on average (0: no cap).")
+@retrieval_options()
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Compute precision of both engines.")
 @click.option("--device", default="cpu", help="Where the exact engine runs (cpu, cuda, auto); FAISS search stays on the CPU.")
 @click.option("--min-r2", type=click.FloatRange(0, 1), default=0.99, help="Exit 1 when the median r^2 is below this.")
@@ -50,8 +42,8 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
     with open_index(file) as f:
         machine = machine or f.machine.value
         sched = parse_schedule(schedule)
-        approx = make_denoiser(machine, sched, index=f, topk=topk, nprobe=nprobe, ef=ef, k_factor=k_factor,
-                               tail_samples=tail_correction, dtype=DTYPES[dtype], scan_cap=scan_cap)
+        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap)
+        approx = make_denoiser(machine, sched, index=f, retrieval=retrieval, dtype=DTYPES[dtype])
         dev = resolve_device(device)
         exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=dev)
         cache = None if exact_samples is None else ExactSamples(exact_samples, {
@@ -76,8 +68,7 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
         report["labels"] = None if labels is None else labels.tolist()  # per seed, as sampled
         with atomic_write(json_out) as tmp, open(tmp, "w") as fh:
             json.dump({**report, "settings": {"file": file, "machine": machine, "schedule": list(sched.sizes), "label": label,
-                                              "topk": topk, "nprobe": nprobe, "k_factor": k_factor,
-                                              "tail_correction": tail_correction, "scan_cap": scan_cap,
+                                              **retrieval.to_dict(),
                                               "batch_size": batch_size, "exact_samples": exact_samples}}, fh, indent=2)
     if report["r2_median"] < min_r2:
         click.echo(f"FAIL: median r^2 {report['r2_median']:.5f} < --min-r2 {min_r2}", err=True)

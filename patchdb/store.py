@@ -16,10 +16,12 @@ import platform
 from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import h5py
 import numpy as np
 import torch
 
+from . import __version__
 from .errors import PatchdbError, PatchdbFileError
 
 SAMPLES_FORMAT = "patchdb-samples"
@@ -27,14 +29,10 @@ SAMPLES_VERSION = 1
 
 
 def generated_by() -> str:
-    from . import __version__
-
     return f"patchdb {__version__}"
 
 
 def library_versions() -> dict:
-    import faiss
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

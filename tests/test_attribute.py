@@ -14,7 +14,7 @@ import torch
 from brute import candidates, schedule_ab, window
 from click.testing import CliRunner
 
-from cli.main import main
+from patchdb.cli.main import main
 from patchdb.attribute import (
     attrib_path,
     attribute_file,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
+from patchdb.cli.main import main
 from patchdb.baselines import (
     EpsDenoiser,
     ModelConfig,
@@ -178,6 +178,44 @@ def test_bad_checkpoints_and_data(tmp_path):
         train(cfg, TrainConfig(epochs=1), small_images(size=16), None, tmp_path / "other")
     with pytest.raises(PatchdbError, match="--resume"):
         train(cfg, TrainConfig(epochs=1), images, None, tmp_path / "fresh", resume=True)
+
+
+class _Touch:
+    """A pickle that would create a file when loaded (what a crafted checkpoint does to run code)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_checkpoints_load_tensors_only_and_bad_ones_are_one_line(tmp_path):
+    """Issue 29: train_state.pt / model.pt never run code; garbage, truncated or wrong-keyed files are one line."""
+    cfg, images = tiny_cfg(), small_images()
+    tc = TrainConfig(epochs=1, batch_size=8, ema=0.5)
+    train(cfg, tc, images, None, tmp_path / "ck")
+    good = {name: (tmp_path / "ck" / name).read_bytes() for name in ("train_state.pt", "model.pt")}
+    marker = tmp_path / "ran-code"
+    bad = {"crafted": None, "garbage": b"garbage" * 50, "truncated": 500, "wrong keys": {"foo": torch.zeros(2)}}
+    for name in ("train_state.pt", "model.pt"):
+        for kind, content in bad.items():
+            path = tmp_path / "ck" / name
+            if kind == "crafted":
+                torch.save({"net": _Touch(marker)}, path)
+            elif kind == "wrong keys":
+                torch.save(content, path)
+            else:
+                path.write_bytes(content if isinstance(content, bytes) else good[name][:content])
+            with pytest.raises(PatchdbError) as err:
+                if name == "model.pt":
+                    load_checkpoint(tmp_path / "ck")
+                else:
+                    train(cfg, TrainConfig(epochs=2, batch_size=8, ema=0.5), images, None, tmp_path / "ck", resume=True)
+            assert "\n" not in str(err.value) and name in str(err.value), (kind, str(err.value))
+            assert not marker.exists(), f"{kind} {name} ran code"
+            path.write_bytes(good[name])
+    assert train(cfg, TrainConfig(epochs=2, batch_size=8, ema=0.5), images, None, tmp_path / "ck", resume=True)["steps"] == 6
 
 
 def test_cli_train_writes_checkpoint_and_refuses_overwrite(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
+from patchdb.cli.main import main
 from patchdb.denoisers.exact import ExactMachine
 from patchdb.errors import PatchdbError
 from patchdb.evaluation.calibrate import (

@@ -11,7 +11,7 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from patchdb.cli.main import main
 
 BUILD = ["build", "--limit", "12", "--scales", "3,5", "--recall-k", "8"]
 
@@ -86,7 +86,7 @@ def test_add_names_the_command_and_works(tmp_path, built):
 
 def test_kill_9_leaves_nothing_info_accepts_and_rerun_completes(tmp_path):
     out = tmp_path / "k.h5"
-    cmd = [sys.executable, "-m", "cli.main", "build", "--limit", "300", "--scales", "3,5,7,9", "--out", str(out)]
+    cmd = [sys.executable, "-m", "patchdb.cli.main", "build", "--limit", "300", "--scales", "3,5,7,9", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from patchdb.cli.main import main
 
 FAST = ["--limit", "40", "--schedule", "3,5,5", "--num", "3", "--batch-size", "2"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
+from patchdb.cli.main import main
 from patchdb.errors import PatchdbError
 from patchdb.evaluation.compare import compare, format_table, nearest_images, write_report
 from patchdb.evaluation.factories import machine_factory, seed_labels

@@ -48,6 +48,9 @@ class BuildConfig:
     recall_queries: int = 100
     target_recall: float = fx.RECALL_TARGET
     seed: int = 0
+    #: the scale schedule ``sample --index`` uses when given none (recorded when --scales names one)
+    schedule: tuple[int, ...] = ()
+    schedule_name: str = ""
 
     def key(self) -> dict:
         return {"machine": self.machine, "index_key": self.index_key, "recall_k": self.recall_k,
@@ -238,7 +241,7 @@ def _assemble(dataset, out: Path, config: BuildConfig, partial: Path, sizes: lis
         "policy": dataset.meta.get("policy"), "normalisation": "pixel / 127.5 - 1, zero padding = 0",
         "machine": machine.value, "sizes": sizes, "shape": [dataset.channels, dataset.height, dataset.width],
         "count": len(dataset), "classes": list(dataset.classes), "libraries": library_versions(),
-        "build": {**asdict(config), "sizes": list(config.sizes)}, "id_rule": ID_RULE,
+        "build": {**asdict(config), "sizes": list(config.sizes), "schedule": list(config.schedule)}, "id_rule": ID_RULE,
     }
     old = h5py.File(out, "r") if keep_from else None
     try:

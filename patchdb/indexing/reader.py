@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Self
 
 import torch
 
 from ..errors import PatchdbError, PatchdbFileError
+from ..schedule import ScaleSchedule, parse_schedule
 from ..spec import Machine
 from ..store import metadata, open_checked
 from . import faiss_ops as fx
@@ -19,6 +21,30 @@ from .format import CACHE_ENV, INDEX_FORMAT, INDEX_VERSION, Entry
 from .windows import Blanks, PatchSource, lit_integral, take_out_blanks
 
 log = logging.getLogger(__name__)
+
+#: Datasets the CLI knows by name (their files live in --root).
+NAMED_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+def dataset_cli_options(name: str, meta: dict) -> list[str]:
+    """``--dataset ... --root ... --limit ...`` (as a list) that load a dataset recorded as ``name`` with
+    metadata ``meta`` (:attr:`patchdb.data.Dataset.meta`); options left at their defaults are left out."""
+    source = str(meta.get("source") or "")
+    if name == "embedded":
+        out = []
+    elif name in NAMED_DATASETS:
+        out = ["--dataset", name] + (["--root", str(Path(source).parent)] if Path(source).is_file() else [])
+    else:  # a path: an image folder, a zip, an IDX folder or an .npz ("kind:path")
+        out = ["--dataset", source or name.split(":", 1)[-1]]
+    if meta.get("split") not in (None, "", "train") and name != "embedded":
+        out += ["--split", str(meta["split"])]
+    if meta.get("limit") is not None:
+        out += ["--limit", str(meta["limit"])]
+    if meta.get("classes"):
+        out += ["--only-classes", ",".join(str(c) for c in meta["classes"])]
+    if meta.get("policy") not in (None, "resize"):
+        out += ["--policy", str(meta["policy"])]
+    return out
 
 
 def default_cache_bytes() -> int | None:
@@ -194,17 +220,44 @@ class IndexFile:
         self.check_dataset(fingerprint)
         machine = Machine.parse(machine)
         if machine is Machine.IS:
-            raise PatchdbError("the IS machine needs no index; run patchdb sample --machine is without --index")
+            raise PatchdbError("the IS machine needs no index; sample it without --index, e.g. "
+                               f"patchdb sample --machine is {shlex.join(self.dataset_options())}")
         if machine is Machine.BBELS and self.machine is not Machine.BBELS:
+            sizes = ",".join(str(k) for k in self.sizes)
             raise PatchdbError(f"{self.path} was built for machine {self.machine.value}, which has no edge families; "
-                               "rebuild it with --machine bbels")
+                               f"rebuild it with {self.build_command('bbels', sizes, '--force')}")
         missing = sorted({int(k) for k in sizes} - set(self.sizes))
         if missing:
             add = ",".join(str(k) for k in missing)
             raise PatchdbError(
                 f"{self.path} has no index for patch sizes {missing} (it has {list(self.sizes)}); add them with "
-                f"patchdb build --dataset {self.meta['dataset']} --machine {self.machine.value} --scales {add} --add --out {self.path}"
+                f"{self.build_command(self.machine.value, add, '--add')}"
             )
+
+    def dataset_options(self) -> list[str]:
+        """The dataset options of ``patchdb build`` (and sample) that load the images this file was built from."""
+        return dataset_cli_options(str(self.meta["dataset"]), self.meta.get("dataset_meta") or {})
+
+    def build_command(self, machine: str, scales: str, flag: str) -> str:
+        """A ``patchdb build`` command over this file's dataset that can be pasted as is."""
+        build = self.meta.get("build") or {}
+        extra = [] if build.get("index_key", "auto") == "auto" else ["--index-key", str(build["index_key"])]
+        return shlex.join(["patchdb", "build", *self.dataset_options(), "--machine", machine, *extra, "--scales", scales,
+                           flag, "--out", str(self.path)])
+
+    def recorded_schedule(self, steps: int | None = None) -> ScaleSchedule:
+        """The scale schedule the build recorded (``build --scales`` given a preset or a schedule file), for
+        sampling without --schedule; one line listing the sizes when it recorded none."""
+        build = self.meta.get("build") or {}
+        sizes = build.get("schedule")
+        if not sizes or not set(sizes) <= set(self.sizes):
+            have = ",".join(str(k) for k in self.sizes)
+            raise PatchdbError(
+                f"{self.path} records no scale schedule (it holds patch sizes {have}); give one with --schedule, "
+                f"e.g. patchdb sample --index {shlex.quote(str(self.path))} --schedule constant:{self.sizes[-1]}"
+            )
+        return parse_schedule(ScaleSchedule(tuple(int(k) for k in sizes), str(build.get("schedule_name") or "recorded")),
+                              steps)
 
     def info(self) -> dict:
         """What is inside: dataset, machine, and per size the families, index types, recall, memory."""
