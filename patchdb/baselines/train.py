@@ -77,6 +77,23 @@ def diffusion_loss(net: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None
 # ------------------------------------------------------------------------------------------------
 
 
+#: Keys of ``train_state.pt`` (tensors, numbers, lists and dicts only: loaded with ``weights_only=True``).
+STATE_KEYS = ("model_config", "net", "ema", "opt", "step", "epoch", "elapsed", "history", "perm_pos", "perm", "rng")
+
+
+def load_tensors(path: Path, what: str):
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings, lists and dicts, never code.
+
+    A file that needs anything else (a crafted pickle), or is garbage or truncated, is one line.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (zip reader), EOFError, ...: torch.load fails in many types
+        why = "it holds objects other than tensors" if "weights_only" in str(err).lower() else "damaged or truncated"
+        raise PatchdbError(f"{path} cannot be read as {what} ({err.__class__.__name__}: {why}); patchdb loads tensors "
+                           "only, never code: use a file written by 'patchdb train'") from None
+
+
 def checkpoint_paths(folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     return {name: folder / f"{name}" for name in ("config.json", "model.pt", "train_state.pt", "loss.png")}
@@ -102,9 +119,12 @@ def read_config(path: str | Path) -> dict:
         data = json.loads(cfg_path.read_text())
     except json.JSONDecodeError:
         raise PatchdbError(f"{cfg_path} is not valid JSON (truncated?); retrain or restore it") from None
-    if data.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(data, dict):
+            raise PatchdbError(f"{cfg_path} is not a patchdb checkpoint config (not a JSON object); retrain or restore it")
         raise PatchdbError(f"{cfg_path} is not a patchdb checkpoint config (format '{data.get('format')}')")
-    if int(data.get("format-version", 99)) > CHECKPOINT_VERSION:
+    version = data.get("format-version", 99)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
         raise PatchdbError(f"{cfg_path} has a newer checkpoint format than this patchdb reads; upgrade patchdb")
     return data
 
@@ -116,14 +136,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", expect
     match in architecture, channels and image size.
     """
     data = read_config(path)
-    cfg = ModelConfig.from_dict(data["model"])
+    cfg = model_config_of(data.get("model"), _folder_of(path) / "config.json")
     if expect is not None:
         check_same_model(cfg, expect, str(path))
-    net = build_model(cfg)
+    try:
+        net = build_model(cfg)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise PatchdbError(f"{_folder_of(path) / 'config.json'} describes no network patchdb can build "
+                           f"({err.__class__.__name__}); it is damaged or not written by 'patchdb train'") from None
     weights = _folder_of(path) / "model.pt"
     if not weights.exists():
         raise PatchdbFileError(f"{weights} is missing; the checkpoint folder is incomplete")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = load_tensors(weights, "network weights")
     _load_state(net, state, cfg, weights)
     return net.to(device).eval(), cfg, data
 
@@ -135,10 +159,23 @@ def weights_digest(path: str | Path) -> str:
     return hashlib.sha256((_folder_of(path) / "model.pt").read_bytes()).hexdigest()[:16]
 
 
+def model_config_of(data, where) -> ModelConfig:
+    """The :class:`ModelConfig` a checkpoint records; one line when it is missing or malformed."""
+    try:
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError, KeyError) as err:
+        raise PatchdbError(f"{where} holds no usable model settings ({err.__class__.__name__}: {err}); "
+                           "it is damaged or not written by 'patchdb train'") from None
+
+
 def _load_state(net: nn.Module, state: dict, cfg: ModelConfig, where) -> None:
     try:
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise RuntimeError("not a state dict of tensors")
         net.load_state_dict(state)
-    except RuntimeError:
+    except (RuntimeError, TypeError, KeyError, ValueError):
         raise PatchdbError(
             f"{where} does not fit a {cfg.arch} of width {cfg.width}, depth {cfg.depth}, {cfg.channels} channel(s) "
             f"and {cfg.image_size}px: it belongs to another architecture or size; use the config saved with it"
@@ -318,14 +355,25 @@ def _resume(out: Path, cfg: ModelConfig, net, ema, opt, gen) -> dict:
     path = out / "train_state.pt"
     if not path.exists():
         raise PatchdbFileError(f"--resume: {path} does not exist; train without --resume first")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    check_same_model(ModelConfig.from_dict(saved["model_config"]), cfg, str(out))
+    saved = load_tensors(path, "a training state")  # weights_only: a crafted pickle cannot run code
+    missing = [k for k in STATE_KEYS if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise PatchdbError(f"{path} lacks {', '.join(missing)}; it is not a training state 'patchdb train' wrote, "
+                           "train without --resume into a new --out")
+    check_same_model(model_config_of(saved["model_config"], path), cfg, str(out))
     _load_state(net, saved["net"], cfg, path)
-    if ema is not None and saved.get("ema") is not None:
-        ema.load_state_dict(saved["ema"])
-    elif ema is not None:
-        ema.load_state_dict(net.state_dict())
-    opt.load_state_dict(saved["opt"])
-    gen.set_state(saved["rng"])
-    log.info("resumed %s at step %d", out, saved["step"])
-    return {k: saved[k] for k in ("step", "epoch", "elapsed", "history", "perm_pos", "perm")}
+    if ema is not None:
+        _load_state(ema, saved["ema"] if saved["ema"] is not None else net.state_dict(), cfg, path)
+    try:
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["rng"])
+        state = {k: saved[k] for k in ("step", "epoch", "elapsed", "history", "perm_pos", "perm")}
+        state["step"], state["perm_pos"], state["elapsed"] = int(state["step"]), int(state["perm_pos"]), float(state["elapsed"])
+        state["history"] = [(int(a), float(b)) for a, b in state["history"]]
+        if state["perm"] is not None and not isinstance(state["perm"], torch.Tensor):
+            raise TypeError("perm is not a tensor")
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as err:
+        raise PatchdbError(f"{path} holds a damaged optimizer or sampler state ({err.__class__.__name__}); "
+                           "train without --resume into a new --out") from None
+    log.info("resumed %s at step %d", out, state["step"])
+    return state
