@@ -19,8 +19,12 @@ from .options import dataset_options, load_from_options
 @click.option("--partial", is_flag=True, help="Report on the finished shards of an unfinished run.")
 @click.option("--force", is_flag=True, help="Replace an existing report.")
 def command(run, out, index_file, dataset, root, split, download, limit, only_classes, policy, partial, force):
-    """Report on RUN (a run folder or a .h5 sample file): nearest training images (exact, L2), near-copy
-    share (d1/d2 < 1/3), pixel-space diversity, class balance, most and least novel samples."""
+    """Report on RUN (a run folder or a .h5 sample file): nearest training images, near-copy share, diversity, classes.
+
+    Nearest and second-nearest training image of every sample by exact L2 (brute force in blocks); a
+    near-copy has d1/d2 < 1/3. Writes report.json, report.png (histograms, most and least novel samples
+    beside their nearest training images) and index.html.
+    """
     from patchdb.report import (
         Training,
         picture,
