@@ -101,8 +101,8 @@ def _drive(folder, spec, seeds, shard_size, workers, threads, ray, force, progre
     settings = run_settings(spec, res)
     run = RunFolder(folder)
     extra = {"run_spec": spec.to_dict(), "environment": environment(), "describe": res.describe,
-             "note": "every batch is computed at batch_size rows (a short one padded): the batch size can "
-                     "change bits (IS matrix products), so it is pinned here"}
+             "note": "seed s is computed at row s % batch_size of a batch of exactly batch_size rows: on the CPU "
+                     "a row's bits change with the batch size and (IS) with its row, so batch_size is pinned here"}
     run.start(settings, seeds, shard_size, extra, force)
     shards = split_shards(seeds, shard_size)
     plan = run.plan(shards)

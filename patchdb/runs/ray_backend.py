@@ -19,7 +19,7 @@ import torch
 from ..errors import PatchdbError
 from .spec import Engine, RunSpec, set_threads
 
-#: Seconds to wait for a Ray address to answer before giving up with one line.
+#: Seconds to wait for a Ray address to answer before giving up with one line (env PATCHDB_RAY_TIMEOUT).
 CONNECT_TIMEOUT_S = 15.0
 #: Shards in flight per actor (one computing, one queued so that it never waits for the driver).
 IN_FLIGHT = 2
@@ -52,14 +52,15 @@ def import_ray():
     return ray
 
 
-def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+def connect(ray, address: str, timeout: float | None = None) -> bool:
     """Join the cluster at ``address`` ("auto": the one this machine belongs to); True if this call
     connected (and so should disconnect). An address that does not answer within ``timeout``
     seconds gives one line."""
-    if ray.is_initialized():
-        return False
+    timeout = timeout or float(os.environ.get("PATCHDB_RAY_TIMEOUT", CONNECT_TIMEOUT_S))
     if address != "auto":
         _probe(address, timeout)
+    if ray.is_initialized():  # a caller (a test, a notebook) already joined a cluster: use it
+        return False
     result: dict = {}
 
     def init():

@@ -30,9 +30,10 @@ class RunSpec:
         (exact engine over a dataset) or ``{"kind": "index", "path", "exact"}`` (approximate engine over
         an index file, or the exact engine over the images it stores).
     retrieval : the :class:`patchdb.denoisers.retrieval.Retrieval` knobs (approximate engine only).
-    batch_size : rows per denoiser call. Pinned: the IS machine's matrix products give other bits at
-        another batch size (measured: up to 2e-6), so a run computes every batch at this size, padding
-        a short last batch, and a sample's bits depend on the seed and these settings only.
+    batch_size : rows per denoiser call. Pinned: on the CPU a row's bits change with the batch size
+        (exact bbELS: up to 9e-6 between a batch of 1 and of 2) and, for IS, with its row in the batch,
+        so seed ``s`` is always computed at row ``s % batch_size`` of a full batch
+        (:func:`patchdb.runs.work.sample_seeds`) and a sample's bits depend on the seed and the settings only.
     """
 
     source: dict
