@@ -50,7 +50,8 @@ def one_sample(index_path: Path, machine: str, schedule, topk: int, out: Path) -
                        "cpu", True)
         seconds = time.perf_counter() - start
         settings = {"command": "benchmark", "engine": "approx", "index": str(index_path), "machine": machine,
-                    "schedule": list(schedule.sizes), "steps": schedule.steps, "topk": topk, "dtype": "float32",
+                    "schedule": list(schedule.sizes), "steps": schedule.steps, "dtype": "float32",
+                    "retrieval": engine.retrieval.to_dict(),
                     "dataset_name": f.meta["dataset"], "fingerprint": f.fingerprint}
     write_samples(out, res.samples, res.seeds, None, list(schedule.sizes), settings, res.trajectory)
     return seconds
@@ -97,7 +98,7 @@ def main(dataset, root, sizes_n, machine, schedule, index_dir, index_key, index_
         approx_s = attr.meta["seconds"]
         exact_s = float("nan")
         if exact:
-            ex, _ = attribute_file(samples, work / f"n{n}.exact.h5", max_contrib=max_contrib, dtype=dt)
+            ex, _ = attribute_file(samples, work / f"n{n}.exact.h5", max_contrib=max_contrib, dtype=dt, exact=True)
             exact_s = ex.meta["seconds"]
         size = storage_bytes(path)["file"]
         per = size / (attr.ids.shape[1] * attr.ids.shape[2])

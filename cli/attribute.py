@@ -11,6 +11,7 @@ from patchdb.attribute import (
     attrib_path,
     attribute_file,
     read_attribution,
+    recorded_retrieval,
     samples_fingerprint,
     storage_bytes,
     summarize,
@@ -20,7 +21,7 @@ from patchdb.errors import PatchdbError
 from patchdb.indexing.reader import open_index
 from patchdb.store import check_writable, read_samples
 
-from .options import DTYPES, parse_ints
+from .options import DTYPES, parse_ints, retrieval_from, retrieval_options
 
 
 def _reusable(out: Path, samples: Path, mass: float, max_contrib: int, rows: list[int] | None):
@@ -32,7 +33,10 @@ def _reusable(out: Path, samples: Path, mass: float, max_contrib: int, rows: lis
     except PatchdbError:
         return None
     meta = attr.meta
-    same = (meta.get("samples_fingerprint") == samples_fingerprint(read_samples(samples))
+    drawn = read_samples(samples)["metadata"]
+    engine_ok = meta.get("engine", "exact") == drawn.get("engine", "exact") and (
+        drawn.get("engine") != "approx" or meta.get("retrieval") == recorded_retrieval(drawn).to_dict())
+    same = (engine_ok and meta.get("samples_fingerprint") == samples_fingerprint(read_samples(samples))
             and abs(meta.get("mass", -1) - mass) < 1e-12 and meta.get("max_contrib") == max_contrib
             and (rows is None or list(attr.sample_index) == rows))
     return attr if same else None
@@ -64,8 +68,10 @@ def _table(rows: list[dict], classes) -> str:
 @click.option("--dataset", "-d", default=None, help="Training set to reload (default: the one the sample file records).")
 @click.option("--root", type=click.Path(), default=None, help="Folder of the named dataset (default: as recorded).")
 @click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
-              help="Index file (patchdb build) of the same training set: approximate mode, FAISS top-K per window.")
-@click.option("--topk", type=click.IntRange(min=1), default=64, help="With --index: candidates retrieved per window.")
+              help="Index file (patchdb build) of the same training set: approximate mode, FAISS top-K per window "
+                   "(default: the index that samples of the approximate engine record).")
+@click.option("--exact", is_flag=True, help="Attribute with the exact engine even if the samples were drawn with --index.")
+@retrieval_options(recorded=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64",
               help="Precision of the weights (float64 agrees with SPEC.md to ~1e-9; float32 is ~2x faster).")
 @click.option("--block-mb", type=click.FloatRange(min=0.01), default=16.0, help="Size of one block of logits in MiB.")
@@ -74,14 +80,16 @@ def _table(rows: list[dict], classes) -> str:
 @click.option("--pixel", default=None, help="Pixel 'y,x' of the per-pixel picture (default: the centre).")
 @click.option("--recompute", is_flag=True, help="Recompute even if --out already holds this attribution.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
-def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, topk, dtype, block_mb, plots, pixel, recompute,
-            as_json):
+def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, exact, topk, nprobe, ef, k_factor,
+            tail_correction, scan_cap, dtype, block_mb, plots, pixel, recompute, as_json):
     """Which training patches made each pixel of each sample, at each step (exact, or --index).
 
     Reloads the training set the sample file records (refusing another one by fingerprint),
     rebuilds every step's x_t from the seeds and the stored trajectory, stores per pixel the
     top contributors covering --mass of the weight in SAMPLES.attrib.h5, prints per-sample
-    summaries, and with --plots draws the pictures.
+    summaries, and with --plots draws the pictures. Without engine options the samples' own engine
+    and settings are used (for --index samples: the index file and retrieval settings they record),
+    so the recomputed D is the sampler's; a D that differs is an error.
     """
     samples = Path(samples)
     out = check_writable(out or attrib_path(samples))
@@ -94,11 +102,14 @@ def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_pa
         if not (0 <= pix[0] < h and 0 <= pix[1] < w):
             raise PatchdbError(f"--pixel {pix[0]},{pix[1]} is outside the {h}x{w} image; use 0 <= y < {h}, 0 <= x < {w}")
     index = open_index(index_path) if index_path else None
-    train = training_set_of(meta, dataset, root, index)
-    attr = None if recompute else _reusable(out, samples, mass, max_contrib, rows)
+    train = training_set_of(meta, dataset, root, None if exact else index)
+    knobs = (topk, nprobe, ef, k_factor, tail_correction, scan_cap)
+    as_drawn = index is None and not exact and all(v is None for v in knobs)
+    attr = None if recompute or not as_drawn else _reusable(out, samples, mass, max_contrib, rows)
     if attr is None:
+        base = None if all(v is None for v in knobs) else retrieval_from(*knobs, base=recorded_retrieval(meta))
         attr, out = attribute_file(samples, out, mass, max_contrib, rows, dataset, root, DTYPES[dtype],
-                                   int(block_mb * 2**20), progress=True, index=index, topk=topk)
+                                   int(block_mb * 2**20), progress=True, index=index, retrieval=base, exact=exact)
         click.echo(f"wrote {out} ({attr.meta['seconds']:.1f} s, {storage_bytes(out)['file'] / 1e6:.2f} MB)", err=True)
     else:
         click.echo(f"reusing {out} (same samples and settings; --recompute to redo)", err=True)

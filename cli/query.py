@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from patchdb.attribute import check_fingerprint, dataset_from_index, query, training_set_of
+from patchdb.attribute import check_fingerprint, dataset_from_index, query, recorded_retrieval, training_set_of
 from patchdb.errors import PatchdbError
 from patchdb.indexing.reader import open_index
 from patchdb.store import check_writable, read_samples
 
-from .options import dataset_options, load_from_options, parse_ints
+from .options import dataset_options, load_from_options, parse_ints, retrieval_from, retrieval_options
 
 
 def read_image(path: Path, sample_id: int) -> tuple[torch.Tensor, dict | None]:
@@ -62,7 +62,9 @@ def _from_array(arr: np.ndarray, path: Path) -> torch.Tensor:
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--sample-id", type=click.IntRange(min=0), default=0, help="Which sample, when IMAGE is a sample file.")
 @click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
-              help="Index file (patchdb build): FAISS search. Without it the dataset is scanned exactly.")
+              help="Index file (patchdb build): FAISS search (default: the index a sample file of the approximate "
+                   "engine records). Without one the dataset is scanned exactly.")
+@retrieval_options(recorded=True)
 @dataset_options
 @click.option("--size", "-k", type=click.IntRange(min=1), required=True, help="Window size K (odd).")
 @click.option("--machine", "-m", default="bbels", help="Whose candidates a window may match: ls, els or bbels.")
@@ -74,8 +76,8 @@ def _from_array(arr: np.ndarray, path: Path) -> torch.Tensor:
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
               help="Write a picture: each window beside its neighbours, outlined in their training images.")
 @click.pass_context
-def command(ctx, image, sample_id, index_path, dataset, root, split, download, limit, only_classes, policy, size,
-            machine, top, pixel, box, label, as_json, png):
+def command(ctx, image, sample_id, index_path, topk, nprobe, ef, k_factor, tail_correction, scan_cap, dataset, root,
+            split, download, limit, only_classes, policy, size, machine, top, pixel, box, label, as_json, png):
     """Top-n nearest training windows of every window of IMAGE (or of one pixel or box).
 
     IMAGE is a PNG/JPEG, an .npy array, or a patchdb sample file (with --sample-id). The training
@@ -86,6 +88,13 @@ def command(ctx, image, sample_id, index_path, dataset, root, split, download, l
     img, meta = read_image(Path(image), sample_id)
     index = None
     dataset_given = ctx.get_parameter_source("dataset") is not click.core.ParameterSource.DEFAULT
+    drawn_approx = meta is not None and meta.get("engine") == "approx"
+    if index_path is None and drawn_approx and not dataset_given:
+        index_path = meta.get("index")  # the sampler's own index and retrieval settings
+    knobs = (topk, nprobe, ef, k_factor, tail_correction, scan_cap)
+    retrieval = None
+    if drawn_approx or any(v is not None for v in knobs):
+        retrieval = retrieval_from(*knobs, base=recorded_retrieval(meta) if drawn_approx else None)
     if index_path:
         index = open_index(index_path)
         index.check(machine, [size])
@@ -96,7 +105,7 @@ def command(ctx, image, sample_id, index_path, dataset, root, split, download, l
         train = training_set_of(meta, None, root)
     else:
         train = load_from_options(dataset, root, split, download, limit, only_classes, policy)
-    res = query(img, train, size, machine, top, _pair(pixel, "--pixel"), _box(box), label, index)
+    res = query(img, train, size, machine, top, _pair(pixel, "--pixel"), _box(box), label, index, retrieval)
     if as_json:
         click.echo(json.dumps({"k": res.k, "machine": res.machine, "dataset": train.name,
                                "results": res.records()}, indent=1))

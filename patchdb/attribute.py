@@ -13,9 +13,11 @@ the same path up to rounding) and the final image is checked against the stored 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from .denoisers.contrib import (
     nearest_patches_index,
     stitch,
 )
+from .denoisers.retrieval import Retrieval
 from .errors import PatchdbError
 from .indexing.reader import open_index
 from .patches import geometry
@@ -317,15 +320,53 @@ def attribute_file(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     progress: bool = False,
     index=None,
-    topk: int = 64,
+    topk: int | None = None,
+    retrieval: Retrieval | None = None,
+    exact: bool = False,
 ) -> tuple[Attribution, Path]:
     """Attribute the samples of a sample file and write ``SAMPLES.attrib.h5`` (or ``out``).
 
-    With ``index`` (an open :class:`patchdb.indexing.reader.IndexFile` of the same training set) the
-    contributors come from its FAISS top-``topk`` per window, exactly re-ranked (approximate mode).
+    By default the engine that drew the samples is the one attributed: samples of the approximate
+    engine are attributed through the index file they record (``index`` overrides its path) with the
+    retrieval settings they record (``retrieval`` and ``topk`` override them), so the recomputed D is
+    the sampler's; a D that differs from the stored trajectory by more than :data:`D_TOLERANCE` is an
+    error. ``index`` on samples of the exact engine, or ``exact=True`` on samples of the approximate one,
+    attributes with the other engine on purpose (a differing D is then only logged).
     Returns the :class:`Attribution` and the path written.
     """
     data = read_samples(path)
+    meta = data["metadata"]
+    with contextlib.ExitStack() as stack:
+        if index is None and not exact and meta.get("engine") == "approx":
+            index = stack.enter_context(_recorded_index(meta, path))
+        if exact:
+            index = None
+        settings = None
+        if index is not None:
+            settings = (retrieval or recorded_retrieval(meta)).with_options(topk=topk)
+        return _attribute_file(data, path, out, mass, max_contrib, samples, dataset, root, dtype, block_bytes,
+                               progress, index, settings)
+
+
+def recorded_retrieval(meta: dict) -> Retrieval:
+    """The retrieval settings a sample file of the approximate engine records (files written before they
+    were recorded as one object hold the same knobs at the top level); the defaults for other files."""
+    if meta.get("engine") != "approx":
+        return Retrieval()
+    return Retrieval.from_dict(meta.get("retrieval") or meta)
+
+
+def _recorded_index(meta: dict, path):
+    """The index file that samples of the approximate engine record, opened."""
+    recorded = meta.get("index")
+    if not recorded or not Path(recorded).exists():
+        raise PatchdbError(f"{path} was drawn with the approximate engine over {recorded}, which does not exist here; "
+                           f"pass the same index with patchdb attribute {shlex.quote(str(path))} --index FILE")
+    return open_index(recorded)
+
+
+def _attribute_file(data: dict, path, out, mass, max_contrib, samples, dataset, root, dtype, block_bytes, progress,
+                    index, retrieval: Retrieval | None) -> tuple[Attribution, Path]:
     meta = data["metadata"]
     machine = Machine.parse(meta.get("machine", "bbels"))
     steps = int(meta.get("steps") or (len(data["trajectory"]) if "trajectory" in data else 0))
@@ -343,11 +384,12 @@ def attribute_file(
     start = time.perf_counter()
     fn = None
     if index is not None:
-        fn = _index_fn(index, train, machine, sizes, max_contrib, mass, topk)
+        fn = _index_fn(index, train, machine, sizes, max_contrib, mass, retrieval)
     raw = attribute(train.to_float(dtype), machine, sizes, noise, steps, traj, labels, train.labels, mass,
                     max_contrib, dtype, sample_dtype, block_bytes, contrib_fn=fn, progress=progress)
     seconds = time.perf_counter() - start
-    _check_consistency(raw, data["samples"][rows], traj is not None, path, meta.get("engine"), index is not None)
+    engine = "exact" if index is None else "approx"
+    _check_consistency(raw, data["samples"][rows], traj is not None, path, meta.get("engine", "exact"), engine)
     attr = Attribution(
         **{k: raw[k] for k in ("ids", "weights", "count", "covered", "effective", "family", "denoised", "steps",
                                "times", "sizes")},
@@ -357,8 +399,9 @@ def attribute_file(
             "samples_file": str(Path(path).resolve()), "samples_fingerprint": samples_fingerprint(data),
             "dataset_fingerprint": train.fingerprint(), "dataset_name": train.name, "dataset": train.meta,
             "machine": machine.value, "mass": float(mass), "max_contrib": int(max_contrib),
-            "engine": "exact" if index is None else "approx", "index": None if index is None else str(index.path),
-            "topk": None if index is None else int(topk),
+            "engine": engine, "index": None if index is None else str(index.path),
+            "topk": None if retrieval is None else retrieval.topk,
+            "retrieval": None if retrieval is None else retrieval.to_dict(),
             "dtype": str(dtype).replace("torch.", ""), "seconds": seconds, "id_rule": ID_RULE,
             "families": list(FAMILIES), "used_trajectory": traj is not None,
             "max_d_diff": float(raw["max_d_diff"].max()), "steps": steps,
@@ -369,7 +412,7 @@ def attribute_file(
     return attr, out
 
 
-def _index_fn(index, train: Dataset, machine: Machine, sizes, m: int, mass: float, topk: int) -> Callable:
+def _index_fn(index, train: Dataset, machine: Machine, sizes, m: int, mass: float, retrieval: Retrieval) -> Callable:
     """``f(x, t, k, labels)`` computing contributors through ``index`` (one class range per label)."""
     if machine is Machine.IS:
         raise PatchdbError("the IS machine compares whole images and needs no index; attribute without --index")
@@ -377,12 +420,13 @@ def _index_fn(index, train: Dataset, machine: Machine, sizes, m: int, mass: floa
 
     def fn(x, t, k, labels):
         if labels is None:
-            return index_contributors(x, index, t, k, machine, m, mass, topk)
+            return index_contributors(x, index, t, k, machine, m, mass, retrieval=retrieval)
         parts = {}
         for label in torch.unique(labels).tolist():
             rows = (labels == label).nonzero().view(-1)
             rng = train.class_range(int(label)) if label >= 0 else None
-            parts[label] = (rows, index_contributors(x[rows], index, t, k, machine, m, mass, topk, rng))
+            parts[label] = (rows, index_contributors(x[rows], index, t, k, machine, m, mass, image_range=rng,
+                                                     retrieval=retrieval))
         return stitch(parts, x.shape[0])
 
     return fn
@@ -411,16 +455,19 @@ def _check_shape(train: Dataset, shape: tuple, path) -> None:
         )
 
 
-def _check_consistency(raw: dict, stored: np.ndarray, had_traj: bool, path, engine: str | None = None,
-                       with_index: bool = False) -> None:
+def _check_consistency(raw: dict, stored: np.ndarray, had_traj: bool, path, drawn_with: str, used: str) -> None:
+    """The recomputed D must be the stored one: an error when the samples' own engine was attributed
+    (a different trajectory would be explained), a warning when another engine was asked for."""
     worst = float(raw["max_d_diff"].max())
-    if had_traj and worst > D_TOLERANCE:
-        hint = ("they were drawn with the approximate engine; pass --index FILE to attribute with it"
-                if engine == "approx" and not with_index else "they may come from another engine or dtype")
-        log.warning("recomputed D differs from the trajectory stored in %s by up to %.2e (%s)", path, worst, hint)
     final_diff = float(np.abs(raw["final"] - stored).max())
-    if final_diff > 10 * D_TOLERANCE:
-        log.warning("rebuilt final images differ from the stored samples by up to %.2e", final_diff)
+    if (had_traj and worst > D_TOLERANCE) or final_diff > 10 * D_TOLERANCE:
+        what = (f"recomputed D differs from the trajectory stored in {path} by up to {worst:.2e}" if had_traj else
+                f"rebuilt final images differ from the samples stored in {path} by up to {final_diff:.2e}")
+        if drawn_with != used:
+            log.warning("%s (drawn with the %s engine, attributed with the %s one, as asked)", what, drawn_with, used)
+            return
+        raise PatchdbError(f"{what} (tolerance {D_TOLERANCE:g}), so the sources would be those of another trajectory; "
+                           "attribute with the training set, index and settings the samples were drawn with")
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,12 +639,14 @@ def query(
     box: tuple[int, int, int, int] | None = None,
     label: int | None = None,
     index=None,
+    retrieval: Retrieval | None = None,
 ) -> QueryResult:
     """Nearest training windows of the windows of ``image`` (C, H, W) in [-1, 1], exact scan.
 
     Candidates are those the machine lets each pixel see (SPEC.md table), optionally one class.
     With ``index`` (an open :class:`patchdb.indexing.reader.IndexFile`) the indexed families are
-    searched with FAISS instead of scanned.
+    searched with FAISS instead of scanned, with ``retrieval``'s settings (default: top-max(32, 4n),
+    the file's tuned search defaults).
     """
     check_patch_size(k)
     machine = Machine.parse(machine)
@@ -612,7 +661,8 @@ def query(
         images, offset = images[lo:hi], lo
     x = image.unsqueeze(0).float()
     if index is not None:
-        ids, dist, fam = nearest_patches_index(x, index, k, machine, n, None if label is None else (offset, offset + len(images)))
+        ids, dist, fam = nearest_patches_index(x, index, k, machine, n, None if label is None else (offset, offset + len(images)),
+                                               retrieval=retrieval)
     else:
         ids, dist, fam = nearest_patches(x, images, k, machine, n)
         ids = torch.where(ids >= 0, ids + offset * h * w, ids)

@@ -571,14 +571,17 @@ def _fill_rows(out: Contributors, logits, ids, centres, qpos, b: int, m: int, ma
 
 
 def nearest_patches_index(x: torch.Tensor, index, k: int, machine: Machine | str = Machine.BBELS, n: int = 5,
-                          image_range: tuple[int, int] | None = None, topk: int | None = None):
-    """:func:`nearest_patches` through an index file (FAISS retrieval, exact distances)."""
+                          image_range: tuple[int, int] | None = None, topk: int | None = None,
+                          retrieval: Retrieval | None = None):
+    """:func:`nearest_patches` through an index file (FAISS retrieval with ``retrieval``'s search settings,
+    exact distances); ``topk`` candidates per window (default: ``retrieval``'s K, else max(32, 4n))."""
     machine = Machine.parse(machine)
     if machine is Machine.IS:
         raise PatchdbError("the IS machine has no windows; query with --machine ls, els or bbels")
     index.check(machine, [k])
-    res = index_contributors(x, index, None, k, machine, m=n, mass=1.0, topk=topk or max(32, 4 * n),
-                             image_range=image_range, distance=True)
+    topk = topk or (retrieval.topk if retrieval is not None else max(32, 4 * n))
+    res = index_contributors(x, index, None, k, machine, m=n, mass=1.0, topk=topk, image_range=image_range,
+                             distance=True, retrieval=retrieval)
     geom = geometry(machine, k, x.shape[-2], x.shape[-1])
     x_sq = unfold_windows(x, k, geom.query_padding).square().sum(1)
     dist = (x_sq.unsqueeze(-1) - 2 * res.logits).clamp_(min=0).sqrt()

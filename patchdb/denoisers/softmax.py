@@ -34,10 +34,14 @@ class SoftmaxAccumulator:
     def add(self, logits: torch.Tensor, values: torch.Tensor) -> None:
         """Fold in a block: ``logits`` (G, M, P) is overwritten; ``values`` (G, P, V+1), last column ones."""
         new_max = torch.maximum(self.max, logits.amax(dim=-1))
-        logits.sub_(new_max.unsqueeze(-1)).clamp_(min=-LOG_FLOOR).exp_()
+        # A row with no finite logit yet (every candidate masked, e.g. a sub-index whose windows are all
+        # blank) shifts by 0 instead of -inf, which would turn it into NaN; it stays -inf, so its tiny
+        # clamped weights are wiped by the first finite block.
+        shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+        logits.sub_(shift.unsqueeze(-1)).clamp_(min=-LOG_FLOOR).exp_()
         part = torch.bmm(logits, values)
         # exp(-inf - finite) = 0 wipes the empty initial state.
-        self.acc.mul_(torch.exp(self.max - new_max).unsqueeze(-1)).add_(part)
+        self.acc.mul_(torch.exp(self.max - shift).unsqueeze(-1)).add_(part)
         self.max = new_max
 
     def result(self) -> torch.Tensor:
