@@ -35,6 +35,7 @@ from patchdb.attribute import (
 )
 from patchdb.attribution_page import (
     DEFAULT_SHARE,
+    WEIGHT_BITS,
     page_data,
     rebuild_inputs,
     shuffle_bytes,
@@ -85,7 +86,7 @@ def test_shuffle_round_trip(dtype):
     assert np.array_equal(unshuffle_bytes(shuffle_bytes(a), dtype, a.size), a)
 
 
-def test_page_embeds_only_used_images_and_exact_weights(small):
+def test_page_embeds_only_used_images_and_stored_sources(small):
     attr, train = small["attr"], small["train"]
     data = page_data(attr, train.images.numpy(), train.labels.numpy(), train.classes)
     used = np.unique(attr.images_of(attr.ids)[attr.ids >= 0])
@@ -98,10 +99,10 @@ def test_page_embeds_only_used_images_and_exact_weights(small):
     n, at = s * p * m, s * attr.shape[0] * p
     image = unshuffle_bytes(raw[at:at + 4 * n], np.int32, n).reshape(s, p, m)
     offset = unshuffle_bytes(raw[at + 4 * n:at + 6 * n], np.uint16, n).reshape(s, p, m)
-    weight = unshuffle_bytes(raw[at + 6 * n:at + 10 * n], np.float32, n).reshape(s, p, m)
+    fixed = unshuffle_bytes(raw[at + 6 * n:at + 10 * n], np.uint32, n).reshape(s, p, m)
     ids = np.where(image >= 0, image * p + (np.arange(p)[None, :, None] + offset) % p, -1)
     assert np.array_equal(ids, attr.ids[1])
-    assert np.array_equal(weight, attr.weights[1])
+    assert np.abs(fixed / 2.0**WEIGHT_BITS - attr.weights[1]).max() <= 2.0 ** -(WEIGHT_BITS + 1)
     assert len(raw) == at + 10 * n
 
 
@@ -279,9 +280,14 @@ def test_second_sample_maps_and_highlight(browser, small):
     row = attr.step_row(1)
     hover(browser, 5, 7, w)
     check_listed(browser, attr, 1, row, 5 * w + 7)
-    # the mosaic's main source per pixel is patchdb.attribute.dominant_sources
-    dom = browser.execute_script(f"return patchdbPage.dominant({row})")
-    assert np.array_equal(np.array(dom), dominant_sources(attr, 1, 1)[0])
+    # the mosaic's main source per pixel is patchdb.attribute.dominant_sources (up to near-ties
+    # within the page's weight rounding: there the page's choice carries the same weight)
+    dom = np.array(browser.execute_script(f"return patchdbPage.dominant({row})"))
+    want, want_w = dominant_sources(attr, 1, 1)
+    img = attr.images_of(attr.ids[1, row])
+    got_w = np.where(img == dom[:, None], attr.weights[1, row], 0).sum(-1)
+    assert (dom == want).mean() > 0.9
+    assert np.all(np.abs(got_w - want_w) <= 1e-6)
     # clicking a listed source lights up exactly the pixels whose stored sources include that image
     first = browser.find_element("css selector", "#sources li button")
     image = int(browser.find_element("css selector", "#sources li").get_attribute("data-image"))
