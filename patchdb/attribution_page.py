@@ -44,7 +44,7 @@ import numpy as np
 from .attribute import GENERIC_WEIGHT, Attribution
 from .errors import PatchdbError
 from .schedule import alpha_sigma
-from .store import atomic_write
+from .store import atomic_write, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +252,41 @@ def write_page(
     max_train_bytes: int = MAX_TRAIN_BYTES,
 ) -> Path:
     """Write the page to ``path`` atomically; an existing file is refused unless ``force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise PatchdbError(f"{path} already exists; pass --force to overwrite it or choose another --html")
+    path = check_page_path(path, force)
     text = render_page(page_data(attr, train_images, train_labels, classes, inputs, sample_labels, title,
                                  max_train_bytes))
     with atomic_write(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return path
+
+
+def check_page_path(path: str | os.PathLike, force: bool = False) -> Path:
+    """``path`` as a Path if a page may be written there (an existing file only with ``force``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise PatchdbError(f"{path} is a folder; pass a file name such as {path / 'page.html'}")
+    if path.exists() and not force:
+        raise PatchdbError(f"{path} already exists; pass --force to overwrite it or choose another --html")
+    return check_writable(path)
+
+
+def write_samples_page(path: str | os.PathLike, attr: Attribution, train, stored: dict, force: bool = False,
+                       title: str | None = None) -> Path:
+    """The page of an attribution of a sample file.
+
+    ``train`` is the :class:`patchdb.data.Dataset` the samples were drawn from and ``stored`` the
+    sample file as :func:`patchdb.store.read_samples` returns it; each step's ``x_t`` is rebuilt
+    from the samples' seeds (:func:`rebuild_inputs`) so the page can show the noisy input too.
+    """
+    from .sampler import initial_noise
+
+    rows = [int(r) for r in attr.sample_index]
+    noise = initial_noise([int(v) for v in np.asarray(stored["seeds"])[rows]], attr.shape).numpy()
+    labels = np.asarray(stored["labels"])[rows] if "labels" in stored else None
+    name = Path(str(attr.meta.get("samples_file", "samples"))).name
+    return write_page(path, attr, train.images.numpy(), train.labels.numpy(), train.classes,
+                      inputs=rebuild_inputs(attr, noise), sample_labels=labels, force=force,
+                      title=title or f"Where the samples of {name} came from")
 
 
 _TEMPLATE = """<!DOCTYPE html>

@@ -125,6 +125,34 @@ def test_rebuild_inputs_follows_the_sampler(small):
     assert x.shape == (len(SIZES), 2) + attr.shape
 
 
+def test_cli_writes_the_page_and_refuses_to_overwrite(tmp_path):
+    """`patchdb attribute S.h5 --html page.html`: the page of the file's attribution, with x_t."""
+    from click.testing import CliRunner
+
+    from patchdb.cli.main import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny.npz", images=(rng.random((10, 8, 8)) * 255).astype(np.uint8), labels=np.arange(10) % 2)
+    runner = CliRunner()
+    res = runner.invoke(main, ["sample", "--dataset", str(tmp_path / "tiny.npz"), "--policy", "none", "--schedule",
+                               "3,3,5", "--steps", "3", "--num", "2", "--save-trajectory", "--out",
+                               str(tmp_path / "s.h5")])
+    assert res.exit_code == 0, res.output
+    page = tmp_path / "page.html"
+    res = runner.invoke(main, ["attribute", str(tmp_path / "s.h5"), "--html", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    data = json.loads(text[text.index('type="application/json">') + 24:text.index("</script>")])
+    attr = read_attribution(tmp_path / "s.attrib.h5")
+    assert data["has_inputs"] and data["S"] == 3 and data["B"] == 2
+    assert data["train"]["ids"] == np.unique(attr.images_of(attr.ids)[attr.ids >= 0]).tolist()
+    res = runner.invoke(main, ["attribute", str(tmp_path / "s.h5"), "--html", str(page)])
+    assert res.exit_code == 2 and "already exists; pass --force" in res.output
+    assert res.output.count("\n") == 1
+    res = runner.invoke(main, ["attribute", str(tmp_path / "s.h5"), "--html", str(page), "--force"])
+    assert res.exit_code == 0, res.output
+
+
 # --------------------------------------------------------------------------------------------
 # In the browser
 # --------------------------------------------------------------------------------------------
