@@ -28,6 +28,7 @@ COMMANDS = {
     "train": "Train a convolution-only diffusion baseline (epsilon prediction, SPEC.md's schedule).",
     "calibrate": "Calibrate a scale schedule against a trained network (best size per step, median over seeds).",
     "compare": "Sample the network and each machine from the same seeds; table of median r and r^2, scatter, grid.",
+    "merge": "Merge the parts of a compare, calibrate or validate run split by seed into one output.",
     "export": "Export the samples of RUN (a run folder from patchdb sample --out FOLDER, or a .h5 sample file).",
     "report": "Report on RUN (a run folder or a .h5 sample file): nearest training images, near-copy share, diversity, classes.",
 }

@@ -51,7 +51,10 @@ def validate_engines(exact, approx: ApproxMachine, seeds: list[int], shape: tupl
                  "max_abs_diff_median": median(diff[i]), "max_abs_diff_max": float(diff[i].max()),
                  "bound_max_median": median(torch.stack(bounds)[:, i]),
                  "tail_share_median": median(torch.stack(tails)[:, i])} for i in range(steps)]
-    r2_t = torch.tensor(r2)
+    r2_t = torch.tensor(r2, dtype=torch.float64)
     return {"seeds": list(seeds), "r2": r2, "r2_median": median(r2_t), "r2_min": float(r2_t.min()),
             "steps": per_step, "seconds": seconds, "speedup": seconds["exact"] / max(seconds["approx"], 1e-9),
-            "seconds_per_sample": {k: v / len(seeds) for k, v in seconds.items()}, "exact_reused": reused}
+            "seconds_per_sample": {k: v / len(seeds) for k, v in seconds.items()}, "exact_reused": reused,
+            # The rows the summaries come from, so runs split by seed merge exactly (patchdb merge validate).
+            "per_seed_max_abs_diff": diff.T.tolist(), "per_batch_bound_max": torch.stack(bounds).tolist(),
+            "per_batch_tail_median": torch.stack(tails).tolist()}
