@@ -7,13 +7,12 @@ from pathlib import Path
 import click
 
 from patchdb.evaluation.calibrate import CRITERIA
-from patchdb.evaluation.compare import format_table
+from patchdb.evaluation.compare import format_table, write_report
 from patchdb.evaluation.merge import (
     merge_calibration_files,
     merge_comparisons,
     merge_validations,
     write_merged_calibration,
-    write_merged_comparison,
     write_merged_validation,
 )
 from patchdb.store import check_writable
@@ -37,7 +36,7 @@ def command() -> None:
 def compare_parts(out: Path, parts: tuple[Path, ...]) -> None:
     """Merge the output folders of patchdb compare over disjoint seeds."""
     cmp = merge_comparisons(list(parts))
-    paths = write_merged_comparison(cmp, out)
+    paths = write_report(cmp, out)
     click.echo(format_table(cmp))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
 

@@ -156,16 +156,19 @@ def format_table(cmp: Comparison) -> str:
 
 def write_report(cmp: Comparison, folder: str | Path, train_images: torch.Tensor | None = None,
                  grid_rows: int = 8) -> dict[str, Path]:
-    """Write compare.json, compare.txt, scatter.png and grid.png into ``folder``."""
+    """Write compare.json, compare.txt, scatter.png and grid.png into ``folder`` (no grid without samples,
+    e.g. for runs merged by ``patchdb merge compare``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {k: folder / k for k in ("compare.json", "compare.txt", "scatter.png", "grid.png")}
+    names = ("compare.json", "compare.txt", "scatter.png") + (("grid.png",) if cmp.samples else ())
+    paths = {k: folder / k for k in names}
     with atomic_write(paths["compare.json"]) as tmp:
         tmp.write_text(json.dumps(cmp.to_dict(), indent=1, default=str))
     with atomic_write(paths["compare.txt"]) as tmp:
         tmp.write_text(format_table(cmp) + "\n")
     save_scatter(cmp, paths["scatter.png"])
-    save_comparison_grid(cmp, paths["grid.png"], train_images, grid_rows)
+    if cmp.samples:
+        save_comparison_grid(cmp, paths["grid.png"], train_images, grid_rows)
     return paths
 
 

@@ -17,7 +17,7 @@ import torch
 from ..errors import PatchdbError
 from ..store import atomic_write
 from .calibrate import Calibration, merge_calibrations, read_calibration, write_calibration
-from .compare import Comparison, format_table, save_scatter
+from .compare import Comparison
 from .metrics import median
 
 #: Settings that may differ between parts: where they start, how many seeds, how they were batched
@@ -79,19 +79,6 @@ def merge_comparisons(folders: list[Path]) -> Comparison:
         raise PatchdbError("some parts are class-conditional and some not; merge parts of one run only")
     labels = torch.tensor([v for p in parts for v in p["labels"]]) if all(has_labels) else None
     return Comparison(seeds, labels, {}, r, _merged_settings([p["settings"] for p in parts], seeds, names))
-
-
-def write_merged_comparison(cmp: Comparison, folder: Path) -> dict[str, Path]:
-    """compare.json, compare.txt and scatter.png of a merged comparison (the image grid needs the samples)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {k: folder / k for k in ("compare.json", "compare.txt", "scatter.png")}
-    with atomic_write(paths["compare.json"]) as tmp:
-        tmp.write_text(json.dumps(cmp.to_dict(), indent=1, default=str))
-    with atomic_write(paths["compare.txt"]) as tmp:
-        tmp.write_text(format_table(cmp) + "\n")
-    save_scatter(cmp, paths["scatter.png"])
-    return paths
 
 
 # --------------------------------------------------------------------------------------------
