@@ -276,3 +276,27 @@ def test_report_fields_and_is_copies_more_than_bbels(tiny, tmp_path):
     assert shares["is"] > shares["bbels"], shares
     res = run(["report", tmp_path / "is"])
     assert res.exit_code == 2 and "--force" in res.output
+
+
+def test_disk_full_mid_shard_leaves_no_shard_that_looks_finished(tiny, tmp_path, monkeypatch):
+    """A write failing with ENOSPC half way through a shard file: nothing under a shard's name, no temp
+    file left, the manifest lists no such shard, and the rerun completes with the same bits."""
+    import errno
+
+    spec = RunSpec({"kind": "dataset", "dataset": str(tiny), "policy": "none"}, "bbels", "3,3,5", batch_size=2)
+    run_samples(tmp_path / "ref", spec, list(range(4)), shard_size=2, progress=False)
+    real = h5py.Group.create_dataset
+
+    def full(self, name, *args, **kwargs):
+        if name == "labels":  # after the samples went into the temporary file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", full)
+    with pytest.raises(OSError, match="No space left"):
+        run_samples(tmp_path / "r", spec, list(range(4)), shard_size=2, progress=False)
+    assert list((tmp_path / "r" / "shards").iterdir()) == []
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["shards"] == {}
+    monkeypatch.setattr(h5py.Group, "create_dataset", real)
+    run_samples(tmp_path / "r", spec, list(range(4)), shard_size=2, progress=False)
+    assert np.array_equal(open_run(tmp_path / "r").samples, open_run(tmp_path / "ref").samples)
