@@ -263,7 +263,7 @@ def _load_diffusers(path: Path, device) -> LoadedNetwork:
     except ImportError:
         raise PatchdbError(f"{path} is a diffusers model but diffusers is not installed; "
                            "pip install \"patchdb[diffusers]\"") from None
-    unet = UNet2DModel.from_pretrained(str(path))
+    unet = UNet2DModel.from_pretrained(str(path), low_cpu_mem_usage=False)  # without: a warning asking for accelerate
     num_classes = unet.config.get("num_class_embeds")
     return LoadedNetwork(DiffusersUNet(unet).to(device).eval(), "diffusers", str(path), num_classes,
                          {"sample_size": unet.config.get("sample_size"), "in_channels": unet.config.get("in_channels")})

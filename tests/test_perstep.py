@@ -29,7 +29,12 @@ def test_per_step_matches_brute_force(tmp_path):
     # the network's trajectory recomputed, one seed at a time, with numpy's correlation
     for j, seed in enumerate(seeds):
         xs = []
-        ddim_sample(lambda x, t, l=None: (xs.append((x.clone(), t)), net(x, t))[1], initial_noise([seed], shape), steps)
+
+        def follow(x, t, labels=None, xs=xs):
+            xs.append((x.clone(), t))
+            return net(x, t)
+
+        ddim_sample(follow, initial_noise([seed], shape), steps)
         for x, t in xs:
             i = round(t * steps)
             a, b = net(x, t).double().numpy().ravel(), machine(x, t).double().numpy().ravel()

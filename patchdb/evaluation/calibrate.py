@@ -71,6 +71,7 @@ class Calibration:
     settings: dict = field(default_factory=dict)
     rollout: torch.Tensor | None = None  # (S, K, M): final-image r with size k at step i only (None: not computed)
     criterion: str = "cosine"  # which table chose the schedule
+    exact_check: dict | None = None  # run through an index: the exact engine on the first seeds (evaluation.exactcheck)
 
     @property
     def steps(self) -> int:
@@ -105,6 +106,7 @@ class Calibration:
             **({} if self.rollout is None else {"mean_rollout_r": [[round(float(v), 6) for v in row] for row in self.rollout.mean(dim=2)],
                                                 "rollout": self.rollout.tolist()}),
             "settings": self.settings,
+            **({} if self.exact_check is None else {"exact_check": self.exact_check}),
             "note": "sizes[i-1] is the patch size of sampler step i (time i/S), lowest noise first (SPEC.md)",
         }
 

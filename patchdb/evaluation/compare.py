@@ -35,6 +35,7 @@ class Comparison:
     samples: dict[str, torch.Tensor]  # name -> (M, C, H, W); "net" is the network
     r: dict[str, torch.Tensor]  # machine name -> (M,) Pearson r against the network
     settings: dict = field(default_factory=dict)
+    exact_check: dict | None = None  # run through an index: the exact engine on the first seeds (evaluation.exactcheck)
 
     def r2(self, name: str) -> torch.Tensor:
         return self.r[name] ** 2
@@ -69,6 +70,7 @@ class Comparison:
             "labels": None if self.labels is None else self.labels.tolist(),
             "per_seed_r": {name: [float(v) for v in r] for name, r in self.r.items()},
             "settings": self.settings,
+            **({} if self.exact_check is None else {"exact_check": self.exact_check}),
         }
 
 
@@ -151,6 +153,10 @@ def format_table(cmp: Comparison) -> str:
         )
     lines.append("r: Pearson correlation over all pixels and channels with the network's sample; r^2: its square;")
     lines.append("beats IS: fraction of seeds where the machine's r^2 exceeds the IS machine's r^2.")
+    if cmp.exact_check is not None:
+        from .exactcheck import format_compare_check
+
+        lines.append(format_compare_check(cmp.exact_check))
     return "\n".join(lines)
 
 

@@ -127,8 +127,9 @@ def per_step(
             chunk = seeds[start : start + batch_size]
             cols = slice(start, start + len(chunk))
             lab = None if labels is None else labels[cols].to(device)
+            n = len(chunk)
 
-            def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=len(chunk)) -> torch.Tensor:
+            def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n) -> torch.Tensor:
                 i = round(t * steps)
                 d_net = net(x, t, lab_)
                 for name, machine in machines.items():
