@@ -6,10 +6,12 @@ paper estimate of 50,000 samples on a CPU cluster and on one GPU from measured p
 
 ``measure`` runs each (workers, batch) configuration as its own ``patchdb sample --out FOLDER``
 subprocess (so its memory is its own): wall time including engine loads, the shards' compute seconds
-(from the manifest), and peak RSS per worker (the process itself with one worker, the largest child
-with several). ``estimate`` scales the measured single-worker cost per sample: a cluster of ``nodes`` x
-``cores`` single-thread workers (Ray: one actor per node; here one worker per core, as --workers on a
-node), with the parallel efficiency measured from 1 to 2 workers; and one GPU for the exact engine
+and CPU seconds (from the manifest), and peak RSS per worker (the process itself with one worker, the
+largest child with several). On a shared machine the wall times measure the neighbours too; the CPU
+seconds per sample are the cost a dedicated core would pay. ``estimate`` scales the measured
+single-worker CPU cost per sample: a cluster of ``nodes`` x ``cores`` single-thread workers (Ray: one
+actor per node; here one worker per core, as --workers on a node), with the efficiency measured from 1
+to 2 workers (how much a sample's CPU cost grows when two share a machine); and one GPU for the exact engine
 from the floating-point work of the schedule (counted from the candidate geometry) at an assumed
 sustained rate. The paper estimate is arithmetic on measured inputs, not a measurement.
 """
@@ -71,10 +73,12 @@ def measure(index_file, schedule, num, workers, batch, threads, extra, out):
                 got = _one(args, w)
                 manifest = json.loads((folder / "manifest.json").read_text())
             compute = sum(s["seconds"] for s in manifest["shards"].values())
+            cpu = sum(s["cpu_seconds"] for s in manifest["shards"].values())
             row = {"workers": w, "batch": b, "threads": threads, "samples": num, "wall_s": round(got["wall"], 1),
                    "samples_per_hour": round(num / got["wall"] * 3600, 1),
                    "compute_s_per_sample_per_worker": round(compute / num, 2),
                    "steady_samples_per_hour": round(w * 3600 * num / compute, 1),
+                   "cpu_s_per_sample": round(cpu / num, 2), "samples_per_core_hour": round(3600 * num / cpu, 1),
                    "rss_per_worker_mb": round(got["rss_worker_mb"]), "describe": manifest["describe"],
                    "settings": manifest["settings"]}
             rows.append(row)
@@ -86,9 +90,11 @@ def measure(index_file, schedule, num, workers, batch, threads, extra, out):
 
 def table(rows: list[dict]) -> str:
     head = ("| workers | batch | samples | wall s | samples/hour (wall) | compute s/sample/worker | "
-            "samples/hour (steady) | peak RSS/worker MB |\n|---|---|---|---|---|---|---|---|")
+            "samples/hour (steady) | CPU s/sample | samples per core-hour (CPU) | peak RSS/worker MB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     body = [f"| {r['workers']} | {r['batch']} | {r['samples']} | {r['wall_s']} | {r['samples_per_hour']} | "
-            f"{r['compute_s_per_sample_per_worker']} | {r['steady_samples_per_hour']} | {r['rss_per_worker_mb']} |"
+            f"{r['compute_s_per_sample_per_worker']} | {r['steady_samples_per_hour']} | {r['cpu_s_per_sample']} | "
+            f"{r['samples_per_core_hour']} | {r['rss_per_worker_mb']} |"
             for r in rows]
     return "\n".join([head, *body])
 
@@ -119,19 +125,21 @@ def exact_flops_per_sample(machine: str, sizes: list[int], n: int, c: int, h: in
 def estimate(rows_file, samples, nodes, cores, per_sample, n_images, gpu_tflops):
     """Paper estimate of a large run from measured rows."""
     rows = json.loads(Path(rows_file).read_text())
-    one = min((r for r in rows if r["workers"] == 1), key=lambda r: r["compute_s_per_sample_per_worker"])
+    one = min((r for r in rows if r["workers"] == 1), key=lambda r: r["cpu_s_per_sample"])
     two = [r for r in rows if r["workers"] == 2 and r["batch"] == one["batch"]]
-    eff = (two[0]["steady_samples_per_hour"] / (2 * one["steady_samples_per_hour"])) if two else 1.0
-    cost = per_sample or one["compute_s_per_sample_per_worker"]
+    # CPU seconds, not wall: on a shared machine the wall time measures the neighbours. Efficiency from 1 to
+    # 2 workers = how much a sample's CPU cost grows when two workers share memory and caches.
+    eff = min(one["cpu_s_per_sample"] / two[0]["cpu_s_per_sample"], 1.0) if two else 1.0
+    cost = per_sample or one["cpu_s_per_sample"]
     workers = nodes * cores
-    hours = samples * cost / (workers * min(eff, 1.0)) / 3600
+    hours = samples * cost / (workers * eff) / 3600
     s = one["settings"]
     c, h, w = s["shape"]
     flops = exact_flops_per_sample(s["machine"], s["schedule"], n_images, c, h, w)
     gpu_hours = samples * flops / (gpu_tflops * 1e12) / 3600
-    print(f"measured: {one['describe']}, batch {one['batch']}: {one['compute_s_per_sample_per_worker']} s/sample "
-          f"per single-thread worker; 1 -> 2 workers efficiency {eff:.2f} (2 shared cores)")
-    print(f"cluster: {samples} samples x {cost} s / ({nodes} nodes x {cores} workers x efficiency {min(eff, 1.0):.2f}) "
+    print(f"measured: {one['describe']}, batch {one['batch']}: {one['cpu_s_per_sample']} CPU s/sample "
+          f"per single-thread worker; 1 -> 2 workers CPU efficiency {eff:.2f}")
+    print(f"cluster: {samples} samples x {cost} s / ({nodes} nodes x {cores} workers x efficiency {eff:.2f}) "
           f"= {hours:.2f} h")
     print(f"one GPU, exact engine, N = {n_images}: {flops:.3g} FLOP per sample (schedule {s['schedule']}, "
           f"{c}x{h}x{w}, no pooling) / {gpu_tflops} TFLOP/s sustained = {flops / gpu_tflops / 1e12:.1f} s/sample, "

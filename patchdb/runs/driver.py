@@ -115,11 +115,11 @@ def _drive(folder, spec, seeds, shard_size, workers, threads, ray, force, progre
     bar = Progress(n_todo, progress, echo)
     start = time.perf_counter()
 
-    def finished(i: int, seconds: float, worker: str) -> None:
-        run.record(i, shards[i], seconds, worker)
+    def finished(i: int, seconds: float, worker: str, cpu: float | None = None) -> None:
+        run.record(i, shards[i], seconds, worker, cpu)
         bar.update(len(shards[i]))
         if on_shard is not None:
-            on_shard({"shard": i, "seeds": shards[i], "seconds": seconds, "worker": worker})
+            on_shard({"shard": i, "seeds": shards[i], "seconds": seconds, "cpu_seconds": cpu, "worker": worker})
 
     if todo:
         job = (run, todo, res, settings)
@@ -144,9 +144,9 @@ def _run_here(spec, run, todo, res, settings, finished, threads) -> None:
     engine = Engine(spec)
     try:
         for i, seeds in todo:
-            seconds = write_shard(engine, run.shard_path(i), seeds, res.shape, res.num_classes,
+            seconds, cpu = write_shard(engine, run.shard_path(i), seeds, res.shape, res.num_classes,
                                   run.manifest["settings_id"], res.sizes)
-            finished(i, seconds, worker_name())
+            finished(i, seconds, worker_name(), cpu)
     finally:
         engine.close()
 
@@ -169,8 +169,8 @@ def _run_local(spec, run, todo, res, settings, finished, workers, threads) -> No
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
-                    seconds, worker = fut.result()  # re-raises a worker's error here
-                    finished(futures[fut], seconds, worker)
+                    seconds, cpu, worker = fut.result()  # re-raises a worker's error here
+                    finished(futures[fut], seconds, worker, cpu)
         except BrokenProcessPool:
             raise PatchdbError("a local worker process died (out of memory? killed?); finished shards are kept: "
                                "rerun the same command to compute the rest") from None

@@ -203,14 +203,14 @@ class RunFolder:
                 and got["seeds"].tolist() == list(seeds))
 
     @staticmethod
-    def entry(i: int, seeds: list[int], path: Path, seconds: float | None, worker: str) -> dict:
+    def entry(i: int, seeds: list[int], path: Path, seconds: float | None, worker: str, cpu: float | None = None) -> dict:
         return {"index": i, "seeds": format_seeds(seeds), "count": len(seeds), "sha256": sha256_file(path),
-                "bytes": path.stat().st_size, "seconds": seconds, "worker": worker}
+                "bytes": path.stat().st_size, "seconds": seconds, "cpu_seconds": cpu, "worker": worker}
 
-    def record(self, i: int, seeds: list[int], seconds: float, worker: str) -> None:
+    def record(self, i: int, seeds: list[int], seconds: float, worker: str, cpu: float | None = None) -> None:
         """A worker finished shard ``i``: checksum it, list it in the manifest, log it."""
         path = self.shard_path(i)
-        self.manifest["shards"][shard_name(i)] = self.entry(i, seeds, path, seconds, worker)
+        self.manifest["shards"][shard_name(i)] = self.entry(i, seeds, path, seconds, worker, cpu)
         self.save()
         self.log(event="shard", shard=shard_name(i), seconds=round(seconds, 3), worker=worker)
 

@@ -39,9 +39,10 @@ class ShardActor:
         from .folder import worker_name
         from .work import sample_seeds
 
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         samples, labels = sample_seeds(self.engine, seeds, tuple(shape), num_classes)
-        return i, samples.numpy(), None if labels is None else labels.numpy(), time.perf_counter() - start, worker_name()
+        return (i, samples.numpy(), None if labels is None else labels.numpy(), time.perf_counter() - start,
+                worker_name(), time.process_time() - cpu0)
 
 
 def import_ray():
@@ -129,14 +130,14 @@ def run_ray(spec: RunSpec, run, todo, res, settings, finished, echo) -> None:
             for ref in ready:
                 actor = pending.pop(ref)
                 try:
-                    i, samples, labels, seconds, worker = ray.get(ref)
+                    i, samples, labels, seconds, worker, cpu = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:
                     cause = err.cause if isinstance(getattr(err, "cause", None), PatchdbError) else None
                     raise cause or PatchdbError(f"a Ray worker failed: {str(err).splitlines()[0]}") from None
                 lab = None if labels is None else torch.from_numpy(labels.copy())
                 save_shard(run.shard_path(i), torch.from_numpy(samples.copy()), shards[i], lab, res.sizes, spec,
                            run.manifest["settings_id"], seconds)
-                finished(i, seconds, worker)
+                finished(i, seconds, worker, cpu)
                 feed(actor)
     finally:
         for actor in actors:

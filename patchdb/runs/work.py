@@ -44,7 +44,7 @@ def sample_seeds(engine: Engine, seeds: list[int], shape: tuple[int, int, int], 
     for j, s in enumerate(seeds):
         groups.setdefault(s // size, []).append(j)
     out = torch.empty((len(seeds), *shape), dtype=engine.dtype)
-    for block, members in groups.items():
+    for members in groups.values():
         rows = [seeds[j] % size for j in members]
         fill = [members[0]] * size  # which of our seeds each row copies
         for j, r in zip(members, rows):
@@ -58,12 +58,13 @@ def sample_seeds(engine: Engine, seeds: list[int], shape: tuple[int, int, int], 
 
 def write_shard(engine: Engine, path: Path, seeds: list[int], shape, num_classes, settings_id: str,
                 sizes: list[int] | None, check=None) -> float:
-    """Compute a shard and write it atomically to ``path``; returns the seconds it took."""
-    start = time.perf_counter()
+    """Compute a shard and write it atomically to ``path``; returns its (wall, CPU) seconds (CPU: this
+    process, all its threads; the fair cost per sample when the machine is shared)."""
+    start, cpu0 = time.perf_counter(), time.process_time()
     samples, labels = sample_seeds(engine, seeds, shape, num_classes, check)
     seconds = time.perf_counter() - start
     save_shard(path, samples, seeds, labels, sizes, engine.spec, settings_id, seconds)
-    return seconds
+    return seconds, time.process_time() - cpu0
 
 
 def save_shard(path: Path, samples: torch.Tensor, seeds: list[int], labels: torch.Tensor | None,
@@ -88,11 +89,11 @@ def init_local_worker(spec: dict, threads: int) -> None:
     _ENGINE = Engine(RunSpec.from_dict(spec))
 
 
-def local_task(path: str, seeds: list[int], shape, num_classes, settings_id, sizes) -> tuple[float, str]:
+def local_task(path: str, seeds: list[int], shape, num_classes, settings_id, sizes) -> tuple[float, float, str]:
     from .folder import worker_name
 
-    seconds = write_shard(_ENGINE, Path(path), seeds, tuple(shape), num_classes, settings_id, sizes, _check_parent)
-    return seconds, worker_name()
+    seconds, cpu = write_shard(_ENGINE, Path(path), seeds, tuple(shape), num_classes, settings_id, sizes, _check_parent)
+    return seconds, cpu, worker_name()
 
 
 def _check_parent(info: dict) -> None:
