@@ -519,8 +519,10 @@ function drawBytes(canvas, bytes, offset) {
   canvas.getContext('2d').putImageData(new ImageData(rgbaOf(bytes, offset), W, H), 0, 0);
 }
 function hex(c) { return [1, 3, 5].map(i => parseInt(c.slice(i, i + 2), 16)); }
-function ramp(v) {  // 0..1 -> a perceptually ordered dark-blue to yellow ramp (viridis-like)
-  const stops = [[68,1,84],[59,82,139],[33,145,140],[94,201,98],[253,231,37]];
+const BLUES = [[247,251,255],[198,219,239],[107,174,214],[33,113,181],[8,48,107]];
+const ORANGES = [[255,245,235],[253,208,162],[253,141,60],[217,72,1],[127,39,4]];
+function ramp(v, stops) {  // 0..1 -> light to dark along a sequential colour ramp
+  stops = stops || BLUES;
   const x = Math.min(Math.max(v, 0), 1) * (stops.length - 1); const i = Math.min(Math.floor(x), stops.length - 2);
   const f = x - i; return stops[i].map((a, k) => Math.round(a + f * (stops[i + 1][k] - a)));
 }
@@ -542,7 +544,7 @@ function drawMap() {
     if (state.view === 'mosaic') {
       col = d.dom[p] < 0 || d.domW[p] < DATA.generic ? [235, 235, 235] : mosaicColour(d, rank.get(d.dom[p]));
     } else if (state.view === 'copy') col = ramp(d.copy[p]);
-    else col = ramp(M > 1 ? (d.distinct[p] - 1) / (M - 1) : 0);
+    else col = ramp(M > 1 ? (d.distinct[p] - 1) / (M - 1) : 0, ORANGES);
     px.set([col[0], col[1], col[2], 255], p * 4);
   }
   canvas.width = W; canvas.height = H;
@@ -588,8 +590,12 @@ function drawTrain(canvas, image, q, k) {
   if (q === null) return;
   const cell = big / W, y = Math.floor(q / W), x = q % W, r = k ? (k - 1) / 2 : (W - 1) / 2;
   const x0 = k ? x - r : 0, y0 = k ? y - r : 0, kk = k || W;
-  g.lineWidth = 3; g.strokeStyle = '#000'; g.strokeRect(x0 * cell, y0 * cell, kk * cell, kk * cell);
-  g.lineWidth = 1.5; g.strokeStyle = '#ffbf00'; g.strokeRect(x0 * cell, y0 * cell, kk * cell, kk * cell);
+  if (k) {  // dim everything outside the window, so the window stands out on any image
+    g.fillStyle = 'rgba(20, 30, 60, 0.55)';
+    g.beginPath(); g.rect(0, 0, big, big); g.rect(x0 * cell, y0 * cell, kk * cell, kk * cell); g.fill('evenodd');
+  }
+  g.lineWidth = 3.5; g.strokeStyle = '#000'; g.strokeRect(x0 * cell, y0 * cell, kk * cell, kk * cell);
+  g.lineWidth = 2; g.strokeStyle = '#ffd400'; g.strokeRect(x0 * cell, y0 * cell, kk * cell, kk * cell);
 }
 
 // ---------- text ----------
@@ -602,15 +608,13 @@ function pct(v) {
   if (x >= 0.001) return x.toPrecision(2) + ' %';
   return x > 0 ? '<0.001 %' : '0 %';
 }
+function className(label) {
+  const name = DATA.classes[label];
+  return name === undefined || /^[0-9]+$/.test(name) ? 'class ' + label : name;
+}
 function nameOf(image) {
-  let s = '#' + image;
-  if (train && train.labels && DATA.classes.length) {
-    const j = train.index.get(image);
-    if (j !== undefined) s += ' (' + DATA.classes[train.labels[j]] + ')';
-  } else if (train && train.labels) {
-    const j = train.index.get(image); if (j !== undefined) s += ' (class ' + train.labels[j] + ')';
-  }
-  return s;
+  const j = train && train.labels ? train.index.get(image) : undefined;
+  return '#' + image + (j === undefined ? '' : ' · ' + className(train.labels[j]));
 }
 function stepText(i) {
   const k = DATA.sizes[i];
@@ -629,7 +633,7 @@ function renderSummary() {
   document.getElementById('summary').textContent =
     DATA.machine.toUpperCase() + ' machine (' + DATA.engine + '), ' + DATA.dataset + ' · ' + DATA.B + ' samples, ' + S +
     ' steps, up to ' + M + ' stored sources per pixel and step · showing sample ' + smp.index +
-    (smp.label !== null && smp.label !== undefined ? ' (class ' + (DATA.classes[smp.label] || smp.label) + ')' : '');
+    (smp.label !== null && smp.label !== undefined ? ' (' + className(smp.label) + ')' : '');
   document.getElementById('footer').textContent = 'Embedded ' + DATA.train.ids.length + ' of ' + DATA.train.count +
     ' training images (those among the stored sources' + (DATA.train.left_out ? '; ' + DATA.train.left_out + ' left out for size' : '') +
     '). Weights are normalised over every candidate window of the pixel, so the stored top ' + M + ' may cover less than 100 %.';
@@ -646,7 +650,7 @@ function renderLegend() {
   }
   if (state.view === 'mosaic') {
     add('<p>Each pixel coloured by the training image with the most weight on it (its windows summed). ' +
-        'Light grey: no image reaches ' + pct(DATA.generic) + ' (many near-identical windows share the weight).</p>');
+        'Light grey: no image reaches ' + Math.round(100 * DATA.generic) + ' % of the weight (many near-identical windows share it, as on a blank background).</p>');
     const ul = document.createElement('ul'); el.appendChild(ul);
     d.ranked.slice(0, PALETTE.length).forEach((r, i) => {
       const li = document.createElement('li'); const btn = document.createElement('button');
@@ -666,8 +670,8 @@ function renderLegend() {
   } else if (state.view === 'distinct') {
     add('<p>How many different training images the listed sources of each pixel come from (the list stops at ' +
         Math.round(100 * state.share) + ' % of the weight or ' + state.maxn + ' sources).</p>' +
-        '<div class="bar" style="background:linear-gradient(90deg,' + [0, .25, .5, .75, 1].map(v => 'rgb(' + ramp(v) + ')').join(',') + ')"></div>' +
-        '<div class="ends"><span>1</span><span>' + M + '</span></div>');
+        '<div class="bar" style="background:linear-gradient(90deg,' + [0, .25, .5, .75, 1].map(v => 'rgb(' + ramp(v, ORANGES) + ')').join(',') + ')"></div>' +
+        '<div class="ends"><span>1 image</span><span>' + M + ' images</span></div>');
   } else {
     add('<p>' + (state.view === 'input' ? 'The noisy image x<sub>t</sub> the machine saw at this step.' :
         'The machine’s estimate D of the clean image at this step (the value the sources vote for).') + '</p>');
