@@ -26,7 +26,7 @@ from ..patches import box_regions, box_sums, geometry, unfold_windows
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size, parse_schedule
 from ..spec import Machine
 from .contract import batch_labels, check_shape, check_size, check_tensor, check_time, size_at
-from .retrieval import Retrieval, expanded_logits, shared_logits, tail_hits, window_logits
+from .retrieval import Retrieval, expanded_logits, prepare_tail, tail_hits, window_logits
 from .softmax import SoftmaxAccumulator, with_ones
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ RERANK_ELEMENTS = 8_000_000
 #: ApproxMachine._same_position_terms): every bbELS size of the Fashion-MNIST schedule at N = 60,000
 #: takes ~0.8 GB.
 SAME_POSITION_CACHE_BYTES = 1024 * 2**20
+#: Step-to-step reuse (``Retrieval.reuse``) needs every image of a call to correlate at least this much
+#: with the same row of the previous call: consecutive steps of one DDIM trajectory do (x moves little per
+#: step), an unrelated batch of the same shape does not, and then the index is searched as usual.
+REUSE_MIN_CORRELATION = 0.9
 
 
 @dataclass
@@ -90,6 +94,10 @@ class ApproxMachine:
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
         self._same_pos_cache: dict = {}  # key -> (norms, centres) of _same_position_terms
+        # Step-to-step reuse: the previous call (size, x, class ranges) and, per (sub-index, range), the
+        # ids of each query row's best-ranked candidates there.
+        self._previous: tuple | None = None
+        self._best: dict = {}
 
     # -- the denoiser contract -------------------------------------------------------------
 
@@ -159,7 +167,28 @@ class ApproxMachine:
             out.append(((labels == label).nonzero().view(-1), lo, hi))
         return out
 
+    def _reusable(self, x: torch.Tensor, k: int, ranges) -> bool:
+        """Whether this call continues the previous one's trajectory at the same size (``Retrieval.reuse``):
+        same size, batch and class ranges, and every image correlated >= REUSE_MIN_CORRELATION with the
+        previous call's same row."""
+        if not self.retrieval.reuse or self._previous is None:
+            return False
+        k0, x0, key0 = self._previous
+        if k0 != k or x0.shape != x.shape or key0 != _ranges_key(ranges):
+            return False
+        u, v = x.flatten(1).double(), x0.flatten(1).double()
+        u, v = u - u.mean(1, keepdim=True), v - v.mean(1, keepdim=True)
+        r = (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1)).clamp(min=1e-300)
+        return bool((r >= REUSE_MIN_CORRELATION).all())
+
     def _denoise(self, x: torch.Tensor, t: float, k: int, ranges) -> tuple[torch.Tensor, tuple[list, list]]:
+        carried = self._best if self._reusable(x, k, ranges) else {}
+        self._best = {}
+        out = self._denoise_with(x, t, k, ranges, carried)
+        self._previous = (k, x.clone(), _ranges_key(ranges)) if self.retrieval.reuse else None
+        return out
+
+    def _denoise_with(self, x: torch.Tensor, t: float, k: int, ranges, carried: dict) -> tuple[torch.Tensor, tuple[list, list]]:
         geom = geometry(self.machine, k, x.shape[-2], x.shape[-1])
         a, b = alpha_sigma(t)
         queries = unfold_windows(x, k, geom.query_padding)  # (B, d, HW)
@@ -178,7 +207,8 @@ class ApproxMachine:
                     # Logits in float64 whatever the dtype: at t = 0.05 they reach ~1e3 and float32 would
                     # cost ~1e-5 in D; the re-rank is a small part of the time.
                     q = q.double()
-                    val, bound, tail = self._approx(q, (k, i, g), entry, grp.cand_pos[g], a, b, lo, hi)
+                    val, bound, tail = self._approx(q, (k, i, g), entry, grp.cand_pos[g], a, b, lo, hi,
+                                                    carried.get(((k, i, g), lo, hi)))
                     bounds.append(bound)
                     if tail is not None:
                         tails.append(tail)
@@ -247,25 +277,32 @@ class ApproxMachine:
         return lambda start, stop: (norms[start:stop], centres[:, start:stop])
 
     def _approx(self, q: torch.Tensor, key: tuple[int, int, int], entry: Entry, cand_pos: torch.Tensor,
-                a: float, b: float, lo: int, hi: int):
-        """Top-K, exact re-rank, bound (and tail sample) for the query rows ``q`` (R, d)."""
+                a: float, b: float, lo: int, hi: int, carried: torch.Tensor | None = None):
+        """Top-K, exact re-rank, bound (and tail sample) for the query rows ``q`` (R, d); ``carried``
+        (R, P): the candidates the previous step ranked best (step-to-step reuse), searched for when None."""
         per_image = entry.per_image
         id_lo, id_hi = lo * per_image, hi * per_image
         whole = lo == 0 and hi == self.n_images
-        index = self.file.index(*key)
-        want = self.retrieval.wanted(entry, id_hi - id_lo)
-        ids = self.retrieval.search(index, q / a, want, None if whole else (id_lo, id_hi))
+        if carried is not None and carried.shape[0] == q.shape[0]:
+            ids = carried
+        else:
+            want = self.retrieval.wanted(entry, id_hi - id_lo)
+            ids = self.retrieval.search(self.file.index(*key), q / a, want, None if whole else (id_lo, id_hi))
         n_total = id_hi - id_lo
         blank = self._blank(key, lo, hi, cand_pos, per_image)
         sample = self.retrieval.tail_sample(key, id_lo, id_hi)
-        vals, bounds, tails = [], [], []
+        tail = None if sample is None else self._tail_terms(sample, cand_pos, key[0], blank)
+        vals, bounds, tails, best = [], [], [], []
         step = max(1, RERANK_ELEMENTS // max(1, ids.shape[1] * q.shape[1]))
         for s in range(0, q.shape[0], step):
-            v, bd, tl = self._rerank(q[s : s + step], ids[s : s + step], cand_pos, per_image, key[0], a, b, n_total,
-                                     sample, blank)
+            v, bd, tl, bs = self._rerank(q[s : s + step], ids[s : s + step], cand_pos, per_image, key[0], a, b,
+                                         n_total, tail, blank)
             vals.append(v)
             bounds.append(bd)
             tails.append(tl)
+            best.append(bs)
+        if self.retrieval.reuse:
+            self._best[(key, lo, hi)] = torch.cat(best)
         return torch.cat(vals), torch.cat(bounds), (torch.cat(tails) if sample is not None else None)
 
     def _blank(self, key, lo: int, hi: int, cand_pos: torch.Tensor, per_image: int):
@@ -278,7 +315,7 @@ class ApproxMachine:
         img, pos = torch.tensor([blanks.first // per_image]), cand_pos[[blanks.first % per_image]]
         return self.source.windows(img, pos, key[0])[0], self.source.centres(img, pos)[0], count, blanks.mask
 
-    def _rerank(self, q, ids, cand_pos, per_image, k, a, b, n_total, sample, blank):
+    def _rerank(self, q, ids, cand_pos, per_image, k, a, b, n_total, tail_terms, blank):
         valid = ids >= 0
         safe = ids.clamp(min=0)
         img, pos = safe // per_image, cand_pos[safe % per_image]
@@ -296,28 +333,43 @@ class ApproxMachine:
         # Every candidate outside the true top-K weighs at most the K-th weight; if the search found the
         # true top-K (recall 1, e.g. Flat), each ignored candidate is outside it.
         kept = valid.sum(1)
-        ranked = logits.topk(min(self.topk, logits.shape[1]), dim=1).values  # descending
+        top = logits.topk(min(self.topk * max(1, self.retrieval.reuse), logits.shape[1]), dim=1)  # descending
+        ranked = top.values[:, : self.topk]
+        # The ids kept for the next step (step-to-step reuse), -1 where fewer were valid.
+        best = ids.gather(1, top.indices).masked_fill_(top.values == -math.inf, -1) if self.retrieval.reuse else None
         kth = ranked.gather(1, (kept.clamp(min=1, max=ranked.shape[1]) - 1).view(-1, 1))[:, 0]
         log_bound = torch.log((n_total - exact).clamp(min=0).to(q.dtype)) + kth - log_z
         bound = torch.sigmoid(log_bound)  # B / (1 + B) with B = exp(log_bound)
         tail = None
-        if sample is not None:
-            tail = self._add_tail(acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z,
-                                  None if blank is None else blank[3])
-        return acc.result()[:, 0], bound, tail
+        if tail_terms is not None:
+            tail = self._add_tail(acc, q, ids, tail_terms, a, b, n_total, log_z)
+        return acc.result()[:, 0], bound, tail, best
 
-    def _add_tail(self, acc, q, ids, sample, cand_pos, k, a, b, n_total, log_z, blank_mask) -> torch.Tensor:
+    def _tail_terms(self, sample: torch.Tensor, cand_pos: torch.Tensor, k: int, blank) -> tuple:
+        """The uniform tail sample's x-independent terms, made once per sub-index and call (not per block
+        of query rows): ids, :func:`prepare_tail`, windows (m, d) float64, their squared norms, centres
+        with ones (m, C+1)."""
+        img, pos = sample // len(cand_pos), cand_pos[sample % len(cand_pos)]
+        w = self.source.windows(img, pos, k).double()
+        return (sample, prepare_tail(sample, None if blank is None else blank[3]), w, w.square().sum(-1),
+                with_ones(self.source.centres(img, pos).double()))
+
+    def _add_tail(self, acc, q, ids, tail_terms, a, b, n_total, log_z) -> torch.Tensor:
         """Fold in the uniform sample, weighted n_total / m, minus retrieved and blank ids (both already
         counted exactly); returns the tail share."""
-        img, pos = sample // len(cand_pos), cand_pos[sample % len(cand_pos)]
-        w = self.source.windows(img, pos, k).double()  # (m, d)
-        logits = shared_logits(q, w, a, b)
+        sample, prepared, w, w_sq, values = tail_terms
+        # shared_logits(q, w, a, b), with |w|^2 made once per sample.
+        sq = q.square().sum(-1, keepdim=True) + (a * a) * w_sq
+        logits = (q @ w.T).mul_(2 * a).sub_(sq).mul_(0.5 / (b * b))
         # A sampled id already among the retrieved ones (or blank) is counted there: mask it.
-        logits.masked_fill_(tail_hits(ids, sample, blank_mask), -math.inf).add_(math.log(n_total / len(sample)))
+        logits.masked_fill_(tail_hits(ids, sample, None, prepared), -math.inf).add_(math.log(n_total / len(sample)))
         log_tail = torch.logsumexp(logits, dim=1)
-        values = with_ones(self.source.centres(img, pos).double()).unsqueeze(0).expand(q.shape[0], -1, -1)
-        acc.add(logits.unsqueeze(1), values)
+        acc.add(logits.unsqueeze(1), values.unsqueeze(0).expand(q.shape[0], -1, -1))
         return torch.sigmoid(log_tail - log_z)
+
+
+def _ranges_key(ranges) -> tuple:
+    return tuple((tuple(rows.tolist()), lo, hi) for rows, lo, hi in ranges)
 
 
 def _q(v: torch.Tensor, quantile: float) -> float:

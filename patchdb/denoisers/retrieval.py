@@ -26,6 +26,10 @@ DEFAULT_SCAN_CAP = 1.0
 #: Uniform sample size of the tail correction (0: off). Measured: needed at high noise, where the
 #: top-K hold a small share of the weight.
 DEFAULT_TAIL_CORRECTION = 1024
+#: Step-to-step reuse (0: off): at a step whose patch size is the previous step's, each query window
+#: re-ranks the ``reuse * topk`` candidates that ranked best at the previous step instead of searching
+#: the index again (see :class:`patchdb.denoisers.approx.ApproxMachine`).
+DEFAULT_REUSE = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class Retrieval:
     tail_correction : m > 0 adds a uniform sample of m candidates, weighted ``n_total / m`` with the
         retrieved ones masked out (an estimate of the ignored mass); 0 turns it off.
     tail_seed : seed of that sample.
+    reuse : step-to-step coherence. R > 0: at a step of the same patch size as the previous call on the
+        same batch (same labels, every image correlated >= 0.9 with the previous call's), a query window
+        skips the index and re-ranks the ``R * topk`` candidates that had the best exact weights at the
+        previous step (12 of the 20 steps of the Fashion-MNIST schedules); 0: search at every step.
     """
 
     topk: int = DEFAULT_TOPK
@@ -52,13 +60,14 @@ class Retrieval:
     scan_cap: float = DEFAULT_SCAN_CAP
     tail_correction: int = DEFAULT_TAIL_CORRECTION
     tail_seed: int = 0
+    reuse: int = DEFAULT_REUSE
 
     def __post_init__(self) -> None:
         if int(self.topk) < 1:
             raise PatchdbError(f"--topk must be at least 1, got {self.topk}")
         if not (self.scan_cap >= 0 and math.isfinite(self.scan_cap)):
             raise PatchdbError(f"--scan-cap must be 0 (no cap) or positive, got {self.scan_cap}")
-        for name in ("nprobe", "ef", "k_factor", "tail_correction"):
+        for name in ("nprobe", "ef", "k_factor", "tail_correction", "reuse"):
             if int(getattr(self, name)) < 0:
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         for f in fields(self):  # normalise types so that equal settings compare and record equal
@@ -125,15 +134,32 @@ def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int
     return ids
 
 
-def tail_hits(ids: torch.Tensor, sample: torch.Tensor, blank_mask: torch.Tensor | None) -> torch.Tensor:
-    """(R, m) bool: sampled ids already counted exactly (among a row's retrieved ``ids`` (R, P), or
-    blank). Masking them keeps the estimate of the ignored sum unbiased (the sample covers all ids)."""
-    srt = ids.sort(1).values
-    where = torch.searchsorted(srt, sample.view(1, -1).expand(len(srt), -1).contiguous()).clamp(max=srt.shape[1] - 1)
-    hit = srt.gather(1, where) == sample.view(1, -1)
-    if blank_mask is not None:
-        hit |= blank_mask[sample].view(1, -1)
+def tail_hits(ids: torch.Tensor, sample: torch.Tensor, blank_mask: torch.Tensor | None,
+              prepared: tuple | None = None) -> torch.Tensor:
+    """(R, m) bool: sampled ids already counted exactly (among a row's retrieved ``ids`` (R, P), -1 for
+    none, or blank). Masking them keeps the estimate of the ignored sum unbiased (the sample covers all
+    ids). ``prepared``: :func:`prepare_tail` of ``sample`` and ``blank_mask``, when called for many row
+    blocks of one sample.
+
+    Each retrieved id is looked up in the sorted distinct sample (m values, which stay in cache) rather
+    than each sampled id in every row's sorted candidates: no per-row sort, 1.2-3x faster (measured).
+    """
+    uniq, inverse, blank = prepared or prepare_tail(sample, blank_mask)
+    pos = torch.searchsorted(uniq, ids).clamp_(max=len(uniq) - 1)
+    found = uniq[pos] == ids
+    hit = torch.zeros(ids.shape[0], len(uniq) + 1, dtype=torch.bool)
+    hit.scatter_(1, pos.masked_fill_(~found, len(uniq)), True)  # misses land in the extra last column
+    hit = hit[:, inverse]  # a value drawn twice is hit in both places
+    if blank is not None:
+        hit |= blank.view(1, -1)
     return hit
+
+
+def prepare_tail(sample: torch.Tensor, blank_mask: torch.Tensor | None) -> tuple:
+    """What :func:`tail_hits` needs of a sample, made once: its sorted distinct ids, the inverse map and
+    which sampled ids are blank (None when ``blank_mask`` is None)."""
+    uniq, inverse = torch.unique(sample, return_inverse=True)
+    return uniq, inverse, None if blank_mask is None else blank_mask[sample]
 
 
 def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) -> torch.Tensor:

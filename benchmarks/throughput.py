@@ -1,0 +1,185 @@
+"""Throughput of the approximate engine against the exact one: seconds per sample against batch size.
+
+Prints one markdown table per index file. Run with ``OMP_NUM_THREADS`` set to the cores you mean to
+use (on a shared 2-core machine, 1). Command and measured tables: docs/results/throughput/.
+
+    python benchmarks/throughput.py FILE [FILE ...] --batch 1 --batch 16 --batch 64 [--exact-sizes 3,9,17]
+
+Approximate engine: whole 20-step DDIM samples from seeded noise (so step-to-step candidate reuse is
+measured as a sampler uses it), every size's indexes loaded before timing (``prepare``), per-sample
+time = wall time of the batch / batch size, split into search (FAISS), re-rank (exact logits of the
+retrieved candidates), corners (the exactly scanned families) and tail (the uniform tail sample);
+the rest (query windows, bookkeeping) is ``total - parts``. Each setting is run ``--repeat`` times
+and the median kept.
+
+Exact engine: one call per distinct size of the schedule (or of ``--exact-sizes``) at the time of the
+middle step of that size, on ``x_t`` = noised training images, times the number of steps of that size
+(``benchmarks/index.py speed`` does the same); pools are prepared before timing. The ratio is taken
+over the steps the exact side covered: exact seconds on those steps / approximate seconds on the same
+steps (per step of a size: the approximate calls of that size in the timed samples).
+
+Peak memory: the process's peak RSS after the approximate runs (before the exact engine loads) and at
+the end.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import click
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from patchdb.denoisers import retrieval as retrieval_module
+from patchdb.denoisers.factory import make_denoiser
+from patchdb.denoisers.retrieval import Retrieval
+from patchdb.indexing.reader import open_index
+from patchdb.sampler import ddim_sample, initial_noise
+from patchdb.schedule import alpha_sigma, parse_schedule
+
+PARTS = ("search", "rerank", "corners", "tail")
+_SEARCH_IDS = retrieval_module.search_ids
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+class _Split:
+    """Wall seconds spent in the engine's parts, by patching the approximate engine's methods (the
+    tail sample is called from the re-rank, so its time is taken out of the re-rank's)."""
+
+    def __init__(self, engine) -> None:
+        self.spent = defaultdict(float)
+        self.per_size = defaultdict(float)  # k -> seconds of whole denoiser calls
+        self._wrap(retrieval_module, "search_ids", "search", original=_SEARCH_IDS)  # Retrieval.search calls it
+        for name, part in (("_rerank", "rerank"), ("_exact_same_position", "corners"), ("_add_tail", "tail")):
+            self._wrap(engine, name, part)
+        denoise = engine.denoise
+
+        def timed_denoise(x, t, k=None, labels=None):
+            start = time.perf_counter()
+            try:
+                return denoise(x, t, k=k, labels=labels)
+            finally:
+                self.per_size[k] += time.perf_counter() - start
+
+        engine.denoise = timed_denoise
+
+    def _wrap(self, owner, name: str, part: str, original=None) -> None:
+        fn = original or getattr(owner, name, None)
+        if fn is None:
+            return
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[part] += time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+
+    def reset(self) -> None:
+        self.spent.clear()
+        self.per_size.clear()
+
+
+def _approx_runs(f, sched, batch: int, retrieval: Retrieval, repeat: int) -> dict:
+    """Median over ``repeat`` whole samples of a batch: total and parts (seconds per batch)."""
+    engine = make_denoiser(f.machine, sched, index=f, retrieval=retrieval)
+    split = _Split(engine)
+    for k in sched.distinct():
+        engine.prepare(k)
+    runs = []
+    for r in range(repeat):
+        split.reset()
+        noise = initial_noise(list(range(r * batch, (r + 1) * batch)), (f.channels, f.height, f.width))
+        start = time.perf_counter()
+        ddim_sample(engine, noise, sched.steps, None)
+        total = time.perf_counter() - start
+        tail = split.spent["tail"]
+        parts = {**split.spent, "rerank": split.spent["rerank"] - tail}
+        runs.append({"total": total, **{p: parts.get(p, 0.0) for p in PARTS}, "per_size": dict(split.per_size)})
+    best = sorted(runs, key=lambda run: run["total"])[len(runs) // 2]
+    best["all_totals"] = [run["total"] for run in runs]
+    return best
+
+
+def _exact_time(f, sched, batch: int, sizes: list[int]) -> dict[int, float]:
+    """Seconds of one exact call per size in ``sizes`` (x_t = noised training images)."""
+    exact = make_denoiser(f.machine, sched, index=f, exact=True)
+    data = f.images().float() / 127.5 - 1
+    out = {}
+    for k in sizes:
+        steps = [i for i in range(1, sched.steps + 1) if sched.size_at(i) == k]
+        t = steps[len(steps) // 2] / sched.steps
+        g = torch.Generator().manual_seed(k)
+        idx = torch.randint(len(data), (batch,), generator=g)
+        a, b = alpha_sigma(t)
+        x = a * data[idx] + b * torch.randn(data[idx].shape, generator=g)
+        if hasattr(exact, "prepare"):
+            exact.prepare(k)
+        start = time.perf_counter()
+        exact.denoise(x, t, k=k)
+        out[k] = time.perf_counter() - start
+    return out
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--schedule", default="fashion-mnist-resnet-zeros", show_default=True)
+@click.option("--batch", "batches", type=int, multiple=True, default=[1, 16, 64], show_default=True)
+@click.option("--exact-sizes", default=None, help="Time the exact engine on these sizes only (comma list); "
+              "default: every size of the schedule. 'none': skip the exact engine.")
+@click.option("--exact-batches", default=None, help="Batch sizes to time the exact engine at (default: all).")
+@click.option("--repeat", type=int, default=1, show_default=True, help="Approximate samples per setting (median).")
+@click.option("--scan-cap", type=float, default=Retrieval().scan_cap, show_default=True)
+@click.option("--reuse", type=int, default=Retrieval().reuse, show_default=True, help="Retrieval.reuse of the engine timed.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also time the engine with step-to-step reuse off (the engine before this change).")
+def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap, reuse, baseline):
+    """Seconds per sample against batch size, exact vs approximate, with the split of the approximate time."""
+    sched = parse_schedule(schedule)
+    settings = {f"approx (reuse {reuse})": Retrieval(scan_cap=scan_cap, reuse=reuse)}
+    if baseline and reuse:
+        settings["approx, no reuse"] = Retrieval(scan_cap=scan_cap, reuse=0)
+    print("| N | batch | engine | s/sample | search | re-rank | corners | tail | rest | exact s/sample (steps) | ratio | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for path in files:
+        with open_index(path) as f:
+            f.cache_bytes = None  # keep every size's indexes loaded: prepare() before timing
+            n = f.meta["count"]
+            sizes = sched.distinct() if exact_sizes is None else (
+                [] if exact_sizes == "none" else sorted({int(v) for v in exact_sizes.split(",")}))
+            exact_at = set(batches if exact_batches is None else (int(v) for v in exact_batches.split(",")))
+            for batch in batches:
+                rows = {name: _approx_runs(f, sched, batch, ret, repeat) for name, ret in settings.items()}
+                peak_approx = _peak_gib()
+                ex = _exact_time(f, sched, batch, sizes) if sizes and batch in exact_at else {}
+                covered = [i for i in range(1, sched.steps + 1) if sched.size_at(i) in ex]
+                ex_total = sum(ex[sched.size_at(i)] for i in covered)
+                for name, run in rows.items():
+                    parts = [run[p] / batch for p in PARTS]
+                    total = run["total"] / batch
+                    ratio, ex_txt = "-", "-"
+                    if ex:
+                        approx_cov = sum(v for k, v in run["per_size"].items() if k in ex) / batch
+                        ratio = f"{ex_total / batch / approx_cov:.1f}x" if approx_cov else "-"
+                        ex_txt = f"{ex_total / batch:.1f} ({len(covered)} of {sched.steps})"
+                    print(f"| {n} | {batch} | {name} | {total:.2f} | " + " | ".join(f"{p:.2f}" for p in parts)
+                          + f" | {total - sum(parts):.2f} | {ex_txt} | {ratio} | {peak_approx:.1f} |", flush=True)
+                if ex:
+                    print(f"<!-- N={n} batch={batch}: exact s/call "
+                          + ", ".join(f"k={k}: {v:.2f}" for k, v in ex.items())
+                          + f"; peak RSS after exact {_peak_gib():.1f} GiB -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
