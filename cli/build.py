@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 
 from patchdb.errors import PatchdbError
-from patchdb.indexing.builder import BuildConfig, build_index_file
+from patchdb.indexing.builder import BuildConfig, build_index_file, partial_path
 from patchdb.indexing.faiss_ops import parse_bytes, set_threads
 from patchdb.indexing.reader import IndexFile
-from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
+from patchdb.store import claim_output
 
-from .options import dataset_options, load_from_options
+from .options import SEED, dataset_options, load_from_options, parse_schedule_option
 
 
 def parse_memory(text: str) -> int:
@@ -37,19 +37,29 @@ def default_out(dataset: str, machine: Machine) -> Path:
 @click.option("--memory", default="8GiB", help="Memory budget of one index (per patch-size family).")
 @click.option("--recall-k", type=click.IntRange(min=1), default=64, help="K of the recall@K the search defaults are tuned for.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="FAISS threads (default: all cores).")
-@click.option("--seed", type=int, default=0, help="Seed of the training and recall samples.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the training and recall samples (0..2**32-1).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Output file (default: indexes/<dataset>-<machine>.h5).")
 @click.option("--add", is_flag=True, help="Add missing patch sizes to an existing file (same dataset and machine).")
-@click.option("--force", is_flag=True, help="Rebuild over an existing file.")
-def command(dataset, root, split, download, limit, only_classes, policy, machine, scales, index_key, memory,
+@click.option("--force", is_flag=True, help="Rebuild over an existing file (and create a missing --out folder).")
+@click.pass_context
+def command(ctx, dataset, root, split, download, limit, only_classes, policy, machine, scales, index_key, memory,
             recall_k, threads, seed, out, add, force):
     """Build the patch index file of a dataset for a machine and a set of patch sizes."""
     machine = Machine.parse(machine)
-    sched = parse_schedule(scales)
+    if machine not in (Machine.ELS, Machine.BBELS):
+        raise PatchdbError(f"--machine {machine.value}: build indexes the els or bbels candidate families; "
+                           f"{machine.value} needs no index (patchdb sample --machine {machine.value} scans exactly)")
+    sched = parse_schedule_option(scales, what="--scales")
     sizes = sched.distinct()
+    parse_memory(memory)
     out = Path(out) if out else default_out(dataset, machine)
     if out.exists() and not (add or force):
         raise PatchdbError(f"{out} already exists; pass --add to add patch sizes to it or --force to rebuild it")
+    out = claim_output(out, force or add, suffixes=(".h5", ".hdf5"))
+    partial = partial_path(out)
+    ctx.ensure_object(dict)["on_interrupt"] = (  # printed by the group on Ctrl-C
+        f"Interrupted; the finished sub-indexes are kept in {partial}/: rerun the same command to resume, "
+        f"or remove that folder (rm -r {partial}) to discard them")
     set_threads(threads)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     schedule = _recorded_schedule(scales, sched, out if add else None)

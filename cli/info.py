@@ -6,6 +6,7 @@ import json
 
 import click
 
+from patchdb.errors import PatchdbError
 from patchdb.indexing.format import CACHE_ENV
 from patchdb.indexing.reader import open_index
 
@@ -17,13 +18,24 @@ def _mib(n: int) -> str:
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-def command(file, as_json):
+@click.option("--check", is_flag=True,
+              help="Also check every stored array (images, every FAISS index) against its checksum; opening the file "
+                   "always checks the metadata, the labels and that every piece is of one build.")
+def command(file, as_json, check):
     """Describe an index file built by patchdb build (refuses incomplete or foreign files)."""
     with open_index(file) as f:
         info = f.info()
+        if check:
+            damaged = f.verify()
+            if damaged:
+                more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+                raise PatchdbError(f"{file} is damaged: checksum mismatch in {damaged[0]}{more} "
+                                   f"({', '.join(damaged[:8])}); rebuild it with patchdb build --force")
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
+    if check:
+        click.echo(f"{file}: checksums match (metadata, images, labels and every index of build {f.build_id[:12]})")
     meta = info["metadata"]
     c, h, w = meta["shape"]
     click.echo(f"{info['path']}: {info['format']} v{info['format-version']}, {info['generated-by']}, created {info['creation-date']}")

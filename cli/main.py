@@ -62,16 +62,47 @@ class PatchdbGroup(click.Group):
         return items + click.Command.shell_complete(self, ctx, incomplete)
 
     def invoke(self, ctx: click.Context):
+        """Every bad input ends as one line ``Error: ...`` and exit code 2 (issue 29): library errors, click's
+        usage errors (which click would print as usage + hint + error) and OS errors on user files."""
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
         try:
             return super().invoke(ctx)
-        except PatchdbError as err:
-            if ctx.obj and ctx.obj.get("debug"):
+        except click.UsageError as err:
+            if debug:
                 raise
-            click.echo(f"Error: {err}", err=True)
-            sys.exit(2)
+            where = err.ctx.command_path if err.ctx is not None else ctx.command_path
+            _fail(f"{err.format_message().rstrip('.')} (see '{where} -h')")
+        except click.ClickException as err:
+            if debug:
+                raise
+            _fail(err.format_message())
+        except PatchdbError as err:
+            if debug:
+                raise
+            _fail(str(err))
+        except OSError as err:  # a user file or folder that cannot be read or written (permissions, disk full, ...)
+            if debug:
+                raise
+            name = f" {err.filename}" if getattr(err, "filename", None) else ""
+            _fail(f"{err.strerror or err.__class__.__name__}:{name}; check the path and its permissions (--debug shows where)")
+        except MemoryError:
+            if debug:
+                raise
+            _fail("ran out of memory; use fewer images (--limit), a smaller --batch-size or --block-mb")
         except KeyboardInterrupt:
-            click.echo("Interrupted; no partial output was left behind.", err=True)
+            note = (ctx.obj or {}).get("on_interrupt") or "Interrupted; no partial output was left behind."
+            click.echo(note, err=True)
             sys.exit(130)
+        finally:
+            store = sys.modules.get("patchdb.store")  # loaded by any command that claimed an output
+            if store is not None:
+                store.release_outputs()
+
+
+def _fail(message: str) -> None:
+    """Print ``Error: message`` as one line and exit with code 2."""
+    click.echo("Error: " + " ".join(str(message).split()), err=True)
+    sys.exit(2)
 
 
 @click.group(cls=PatchdbGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

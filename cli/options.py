@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
+
 import click
 import torch
 
-from patchdb.data import Dataset, load_dataset
+from patchdb.baselines import read_config
+from patchdb.data import Dataset, dataset_family, load_dataset
 from patchdb.denoisers.retrieval import Retrieval
 from patchdb.errors import PatchdbError
 from patchdb.evaluation.factories import load_network, seed_labels
+from patchdb.schedule import parse_schedule
 
 
 def dataset_options(f):
@@ -23,7 +29,8 @@ def dataset_options(f):
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images (of an image folder or zip: the classes in turn, so balanced)."),
         click.option("--only-classes", default=None, help="Comma list of class labels to keep, e.g. 0,1,7."),
         click.option("--policy", type=click.Choice(["resize", "pad", "none"]), default="resize",
-                     help="How 28x28 images become 32x32: bilinear resize (the paper) or zero padding."),
+                     help="How 28x28 images become 32x32: bilinear resize (the paper) or zero padding. Resizing "
+                          "refuses images under a quarter of the size (e.g. 1x1): pad them, or keep them with none."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -32,17 +39,20 @@ def dataset_options(f):
 
 def load_from_options(dataset: str, root, split: str, download: bool, limit, only_classes, policy: str) -> Dataset:
     classes = None
-    if only_classes:
-        try:
-            classes = [int(c) for c in only_classes.split(",")]
-        except ValueError:
-            raise PatchdbError(f"--only-classes '{only_classes}' is not a comma list of integers, e.g. 0,1,7") from None
+    if only_classes is not None:
+        parts = [c.strip() for c in str(only_classes).split(",")]
+        if not all(re.fullmatch(r"[0-9]+", c) for c in parts):
+            raise PatchdbError(f"--only-classes '{only_classes}' is not a comma list of class labels, e.g. 0,1,7")
+        classes = [int(c) for c in parts]
     name = None if dataset == "embedded" else dataset
     return load_dataset(name, root=root, split=split, download=download, limit=limit, classes=classes,
                         policy=policy, progress=True)
 
 
 def resolve_device(device: str) -> torch.device:
+    device = str(device).strip()
+    if not re.fullmatch(r"cpu|auto|cuda(:[0-9]+)?", device):
+        raise PatchdbError(f"unknown --device '{device}'; use cpu, cuda, cuda:1 or auto")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -66,6 +76,8 @@ def parse_ints(text: str | None, what: str, count: int | None = None) -> list[in
         raise PatchdbError(f"{what} '{text}' is not a comma list of integers, e.g. 16,16") from None
     if count is not None and len(vals) != count:
         raise PatchdbError(f"{what} '{text}' needs {count} integers separated by commas")
+    if not vals:
+        raise PatchdbError(f"{what} '{text}' names no integer; give a comma list such as 0,3 (or leave {what} out)")
     return vals
 
 
@@ -96,7 +108,7 @@ def retrieval_options(recorded: bool = False):
         click.option("--tail-correction", type=click.IntRange(min=0), default=default(base.tail_correction),
                      help=say("With --index: estimate the ignored mass from a uniform sample of this many "
                               "candidates (0: off)", base.tail_correction)),
-        click.option("--scan-cap", type=click.FloatRange(min=0), default=default(base.scan_cap),
+        click.option("--scan-cap", type=FiniteFloatRange(min=0), default=default(base.scan_cap),
                      help=say("With --index: a query stops scanning after this many times the codes its nprobe "
                               "lists hold on average (0: no cap)", base.scan_cap)),
     ]
@@ -120,13 +132,14 @@ def network_options(f):
     opts = [
         click.option("--checkpoint", "-c", type=click.Path(), required=True, help="Checkpoint folder written by 'patchdb train'."),
         click.option("--num", "-n", type=click.IntRange(min=1), default=50, help="Number of seeds M."),
-        click.option("--seed", type=int, default=0, help="Seeds are seed, seed+1, ..., seed+M-1."),
+        click.option("--seed", type=SEED, default=0, help="Seeds are seed, seed+1, ..., seed+M-1 (0..2**32-1)."),
         click.option("--steps", type=click.IntRange(min=1), default=20, help="Sampler steps S."),
-        click.option("--label", default=None, help="Conditional networks: a class, or 'all' (default) to cycle classes."),
+        click.option("--label", type=LabelType(allow_none=True), default=None,
+                     help="Conditional networks: a class, or 'all' (default) to cycle classes."),
         click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, help="Seeds per batch."),
         click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto."),
         click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Machine compute precision."),
-        click.option("--block-mb", type=click.FloatRange(min=0.01), default=16.0, help="Exact engine: size of one block of logits."),
+        click.option("--block-mb", type=FiniteFloatRange(min=0.01, max=2**20), default=16.0, help="Exact engine: size of one block of logits."),
         click.option("--index", type=click.Path(dir_okay=False), default=None,
                      help="Index file (patchdb build): use the approximate engine for the local machines."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
@@ -142,10 +155,117 @@ def setup(dataset, root, split, download, limit, only_classes, policy, checkpoin
     """Load data and network, check that they fit, and pick the seeds and labels."""
     if threads:
         torch.set_num_threads(threads)
+    check_seed_span(seed, num)
     dev = resolve_device(device)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
+    if checkpoint is not None:
+        check_trained_on(checkpoint, data)
     net, cfg, info = load_network(checkpoint, data.channels, data.height, data.width, dev)
     seeds = list(range(seed, seed + num))
     labels = seed_labels(num, label, cfg.conditional, data.num_classes, seed)
     images = data.to_float(DTYPES[dtype])
     return dev, data, net, cfg, info, seeds, labels, images
+
+
+# --------------------------------------------------------------------------------------------
+# Option types and parsers that turn every malformed value into one line (issue 29)
+# --------------------------------------------------------------------------------------------
+
+#: torch's CPU generator keeps only the low 32 bits of a seed (2**32 draws seed 0's noise), so seeds
+#: are validated to the range it tells apart instead of being silently folded.
+SEED_MAX = 2**32 - 1
+
+
+class SeedType(click.ParamType):
+    """A seed in 0..2**32-1, recorded as given."""
+
+    name = "seed"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            seed = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+            seed = int(value)
+        else:
+            self.fail(f"{value!r} is not an integer; give a seed in 0..{SEED_MAX}", param, ctx)
+        if not 0 <= seed <= SEED_MAX:
+            self.fail(f"{seed} is outside 0..{SEED_MAX}, the seeds torch's generator tells apart "
+                      f"(it keeps 32 bits: 2**32 would give seed 0's noise); pick a seed in that range", param, ctx)
+        return seed
+
+
+SEED = SeedType()
+
+
+def check_seeds(seeds, what: str = "--seeds") -> None:
+    """Every seed of a list within 0..2**32-1."""
+    bad = [s for s in seeds if not 0 <= int(s) <= SEED_MAX]
+    if bad:
+        raise PatchdbError(f"{what}: seed {bad[0]} is outside 0..{SEED_MAX}, the seeds torch's generator tells apart; "
+                           "use seeds in that range")
+
+
+def check_seed_span(seed: int, count: int, what: str = "--seed") -> None:
+    """Seeds ``seed .. seed + count - 1`` must all be valid (the last one too)."""
+    if seed + count - 1 > SEED_MAX:
+        raise PatchdbError(f"{what} {seed} with {count} seeds runs past {SEED_MAX} (the largest seed torch's generator "
+                           f"tells apart); use --seed {SEED_MAX - count + 1} or lower")
+
+
+class LabelType(click.ParamType):
+    """A class label (non-negative integer), 'all' (cycle the classes) or, where allowed, 'none'."""
+
+    name = "label"
+
+    def __init__(self, allow_none: bool = False):
+        self.allow_none = allow_none
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        else:
+            text = str(value).strip()
+        if text.lower() == "all":
+            return "all"
+        if self.allow_none and text.lower() == "none":
+            return "none"
+        if not re.fullmatch(r"[0-9]+", text):
+            extra = ", 'none'" if self.allow_none else ""
+            self.fail(f"{value!r} is not a class label; give a class number such as 0, 'all'{extra}", param, ctx)
+        return int(text)
+
+
+LABEL = LabelType()
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf (which pass its comparisons)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def check_trained_on(checkpoint, data: Dataset) -> None:
+    """Refuse, in one line, a dataset other than the one a checkpoint's network was trained on (by name:
+    the named datasets, the embedded set counting as MNIST; a subset or another split of it is fine)."""
+    recorded = (read_config(checkpoint).get("dataset") or {}).get("name")
+    trained, given = dataset_family(str(recorded)), dataset_family(data.name)
+    if trained and given and trained != given:
+        raise PatchdbError(f"the network in {checkpoint} was trained on {recorded}, not {data.name}: calibrating or "
+                           f"comparing it against another dataset means nothing; pass --dataset {recorded}")
+
+
+def parse_schedule_option(text: str, steps: int | None = None, what: str = "--schedule"):
+    """:func:`patchdb.schedule.parse_schedule` with one-line errors for empty text, folders and unreadable files."""
+    if not str(text).strip():
+        raise PatchdbError(f"{what} is empty; give a preset name, constant:K, a comma list of odd sizes or a .json/.txt file")
+    path = Path(str(text).strip())
+    if path.is_dir():
+        raise PatchdbError(f"{what} {text} is a folder; give a preset, constant:K, a comma list or a schedule file")
+    try:
+        return parse_schedule(text, steps)
+    except (OSError, UnicodeDecodeError) as err:
+        raise PatchdbError(f"{what} {text}: cannot read it ({err.__class__.__name__}); give a readable schedule file") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import click
@@ -10,12 +11,25 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from patchdb.attribute import check_fingerprint, dataset_from_index, query, recorded_retrieval, training_set_of
+from patchdb.attribute import (
+    check_fingerprint,
+    dataset_from_index,
+    query,
+    recorded_retrieval,
+    training_set_of,
+)
+from patchdb.data import MAX_PIXELS_ENV, max_pixels
 from patchdb.errors import PatchdbError
 from patchdb.indexing.reader import open_index
-from patchdb.store import check_writable, read_samples
+from patchdb.store import claim_output, read_samples
 
-from .options import dataset_options, load_from_options, parse_ints, retrieval_from, retrieval_options
+from .options import (
+    dataset_options,
+    load_from_options,
+    parse_ints,
+    retrieval_from,
+    retrieval_options,
+)
 
 
 def read_image(path: Path, sample_id: int) -> tuple[torch.Tensor, dict | None]:
@@ -31,11 +45,22 @@ def read_image(path: Path, sample_id: int) -> tuple[torch.Tensor, dict | None]:
             raise PatchdbError(f"--sample-id {sample_id} is outside 0..{n - 1} of {path}")
         return torch.from_numpy(data["samples"][sample_id]).float(), data["metadata"]
     if suffix == ".npy":
-        return _from_array(np.load(path, allow_pickle=False), path), None
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:  # object arrays (pickles), truncated or foreign files
+            raise PatchdbError(f"cannot read {path} as an array of pixels ({err.__class__.__name__}: "
+                               f"{str(err).splitlines()[0][:80] if str(err) else ''}); save uint8 pixels or floats "
+                               "with np.save") from None
+        return _from_array(arr, path), None
     try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.size[0] * img.size[1] > max_pixels():
+                raise PatchdbError(f"{path} is {img.size[0]}x{img.size[1]} pixels, over the {max_pixels():,} patchdb "
+                                   f"decodes; if it is genuine, raise ${MAX_PIXELS_ENV}")
+            img.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PatchdbError(f"cannot read {path} as an image; pass a PNG/JPEG, an .npy or a patchdb sample file") from None
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
@@ -49,10 +74,16 @@ def _from_array(arr: np.ndarray, path: Path) -> torch.Tensor:
         arr = arr.transpose(2, 0, 1)
     if arr.ndim != 3:
         raise PatchdbError(f"{path} holds an array of shape {arr.shape}; expected (H, W), (H, W, C) or (C, H, W)")
+    if arr.dtype != np.uint8 and arr.dtype.kind != "f":
+        raise PatchdbError(f"{path} holds {arr.dtype} values; store uint8 pixels 0..255 or floats pixel / 127.5 - 1")
+    if arr.size == 0 or arr.size > 2**24:
+        raise PatchdbError(f"{path} holds an array of shape {arr.shape}; pass one image of the training images' size")
     x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.dtype == torch.uint8:
         return x.float() / 127.5 - 1
     x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise PatchdbError(f"{path} holds NaN or infinite values; pass an image of finite pixels")
     if x.min() < -1.01 or x.max() > 1.01:
         raise PatchdbError(f"{path} holds floats outside [-1, 1]; store uint8 pixels or floats pixel / 127.5 - 1")
     return x
@@ -75,19 +106,22 @@ def _from_array(arr: np.ndarray, path: Path) -> torch.Tensor:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
               help="Write a picture: each window beside its neighbours, outlined in their training images.")
+@click.option("--force", is_flag=True, help="Replace an existing --png (and create its missing folder).")
 @click.pass_context
 def command(ctx, image, sample_id, index_path, topk, nprobe, ef, k_factor, tail_correction, scan_cap, dataset, root,
-            split, download, limit, only_classes, policy, size, machine, top, pixel, box, label, as_json, png):
+            split, download, limit, only_classes, policy, size, machine, top, pixel, box, label, as_json, png, force):
     """Top-n nearest training windows of every window of IMAGE (or of one pixel or box).
 
     IMAGE is a PNG/JPEG, an .npy array, or a patchdb sample file (with --sample-id). The training
     set is the --index file's, else --dataset, else the one a sample file records.
     """
     if png:
-        check_writable(png)
+        png = claim_output(png, force, what="--png", suffixes=(".png",))
     img, meta = read_image(Path(image), sample_id)
+    check_query_size(size, img.shape[-2], img.shape[-1])
     index = None
-    dataset_given = ctx.get_parameter_source("dataset") is not click.core.ParameterSource.DEFAULT
+    dataset_given = any(ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+                        for name in ("dataset", "root", "split", "limit", "only_classes", "policy"))
     drawn_approx = meta is not None and meta.get("engine") == "approx"
     if index_path is None and drawn_approx and not dataset_given:
         index_path = meta.get("index")  # the sampler's own index and retrieval settings
@@ -105,6 +139,8 @@ def command(ctx, image, sample_id, index_path, topk, nprobe, ef, k_factor, tail_
         train = training_set_of(meta, None, root)
     else:
         train = load_from_options(dataset, root, split, download, limit, only_classes, policy)
+        if meta is not None:  # the README's promise: the samples' own training set, or a refusal
+            check_fingerprint(train, meta, "the dataset given")
     res = query(img, train, size, machine, top, _pair(pixel, "--pixel"), _box(box), label, index, retrieval)
     if as_json:
         click.echo(json.dumps({"k": res.k, "machine": res.machine, "dataset": train.name,
@@ -116,6 +152,15 @@ def command(ctx, image, sample_id, index_path, topk, nprobe, ef, k_factor, tail_
 
         query_figure(img.numpy(), res, train.to_float().numpy(), png, train.classes)
         click.echo(f"wrote {png}", err=True)
+
+
+def check_query_size(k: int, height: int, width: int) -> None:
+    """One line for a window that is even or does not fit the image (issue 29: ``--size 99`` grew past 11 GB;
+    a window as large as the image is the LS fallback of every pixel, nothing a patch query can show)."""
+    largest = min(height, width) - (1 - min(height, width) % 2)
+    if k % 2 == 0 or k > largest:
+        raise PatchdbError(f"--size {k}: the window must be odd and fit the {height}x{width} image; use an odd "
+                           f"size from 1 to {largest}")
 
 
 def _pair(text, what):

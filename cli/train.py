@@ -17,8 +17,9 @@ from patchdb.baselines import (
     train,
 )
 from patchdb.errors import PatchdbError
+from patchdb.store import claim_output
 
-from .options import dataset_options, load_from_options, resolve_device
+from .options import SEED, FiniteFloatRange, dataset_options, load_from_options, resolve_device
 
 
 @click.command()
@@ -31,29 +32,36 @@ from .options import dataset_options, load_from_options, resolve_device
 @click.option("--conditional", is_flag=True, help="Class-conditional (a class embedding is added to the time embedding).")
 @click.option("--width", type=click.IntRange(min=1), default=64, help="Feature channels (paper: 256).")
 @click.option("--depth", type=click.IntRange(min=1), default=6, help="ResNet: conv layers (blocks); UNet: blocks per level.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None, help="Epochs to train (total, also when resuming).")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall-time budget in minutes (total).")
+@click.option("--epochs", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Epochs to train (total, also when resuming).")
+@click.option("--minutes", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Wall-time budget in minutes (total).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=128, help="Images per optimizer step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Initial AdamW learning rate.")
-@click.option("--lr-final", type=click.FloatRange(min=0, min_open=True), default=1e-4, help="Learning rate at the end (exponential decay).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, help="AdamW weight decay.")
-@click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=0.999, help="EMA decay of the weights (0: off).")
-@click.option("--seed", type=int, default=0, help="Seed of initialisation, batches and noise.")
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-3, help="Initial AdamW learning rate.")
+@click.option("--lr-final", type=FiniteFloatRange(min=0, min_open=True), default=1e-4, help="Learning rate at the end (exponential decay).")
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=0.0, help="AdamW weight decay.")
+@click.option("--ema", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.999, help="EMA decay of the weights (0: off).")
+@click.option("--seed", type=SEED, default=0, help="Seed of initialisation, batches and noise (0..2**32-1).")
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's choice).")
-@click.option("--save-every", type=click.FloatRange(min=1), default=300.0, help="Seconds between checkpoints.")
+@click.option("--save-every", type=FiniteFloatRange(min=1), default=300.0, help="Seconds between checkpoints.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Checkpoint folder.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out (same model settings).")
+@click.option("--force", is_flag=True, help="Start over in a --out that holds files (replacing its checkpoint), "
+                                           "and create a missing parent folder.")
 def command(dataset, root, split, download, limit, only_classes, policy, arch, padding, predict, conditional, width, depth,
-            epochs, minutes, batch_size, lr, lr_final, weight_decay, ema, seed, device, threads, save_every, out, resume):
+            epochs, minutes, batch_size, lr, lr_final, weight_decay, ema, seed, device, threads, save_every, out, resume,
+            force):
     """Train a convolution-only diffusion baseline (epsilon prediction, SPEC.md's schedule)."""
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise PatchdbError(f"{out} already holds files; pass --resume to continue it or choose another --out")
-    if out.parent and not out.parent.exists():
-        raise PatchdbError(f"folder {out.parent} does not exist; create it or choose another --out")
+    if resume and force:
+        raise PatchdbError("--resume continues the checkpoint in --out and --force starts over; give one of them")
+    if out.is_dir() and any(out.iterdir()) and not (resume or force):
+        raise PatchdbError(f"{out} already holds files; pass --resume to continue it, --force to start over, "
+                           "or choose another --out")
+    if resume and not (out / "train_state.pt").is_file():
+        raise PatchdbError(f"--resume: {out / 'train_state.pt'} does not exist; train without --resume first")
+    out = claim_output(out, force or resume, what="--out", folder=True)
     if epochs is None and minutes is None:
         epochs = 10.0
     dev = resolve_device(device)

@@ -11,11 +11,20 @@ from patchdb.denoisers.factory import make_denoiser
 from patchdb.evaluation.validate import validate_engines
 from patchdb.generate import sample_labels
 from patchdb.indexing.reader import open_index
-from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
-from patchdb.store import ExactSamples, atomic_write, check_writable
+from patchdb.store import ExactSamples, atomic_write, claim_output
 
-from .options import DTYPES, resolve_device, retrieval_from, retrieval_options
+from .options import (
+    DTYPES,
+    LABEL,
+    SEED,
+    FiniteFloatRange,
+    check_seed_span,
+    parse_schedule_option,
+    resolve_device,
+    retrieval_from,
+    retrieval_options,
+)
 
 
 @click.command()
@@ -23,25 +32,27 @@ from .options import DTYPES, resolve_device, retrieval_from, retrieval_options
 @click.option("--machine", "-m", default=None, help="els or bbels (default: the file's machine).")
 @click.option("--schedule", "-s", default="fashion-mnist-resnet-zeros", help="Preset, constant:K, comma list or file.")
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=20, help="Number of seeds M.")
-@click.option("--seed", type=int, default=0, help="First seed; seeds are seed .. seed + M - 1.")
-@click.option("--label", default=None, help="Condition on a class, or 'all' to cycle through the classes.")
+@click.option("--seed", type=SEED, default=0, help="First seed; seeds are seed .. seed + M - 1 (0..2**32-1).")
+@click.option("--label", type=LABEL, default=None, help="Condition on a class, or 'all' to cycle through the classes.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, help="Samples per batch (both engines).")
 @retrieval_options()
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Compute precision of both engines.")
 @click.option("--device", default="cpu", help="Where the exact engine runs (cpu, cuda, auto); FAISS search stays on the CPU.")
-@click.option("--min-r2", type=click.FloatRange(0, 1), default=0.99, help="Exit 1 when the median r^2 is below this.")
+@click.option("--min-r2", type=FiniteFloatRange(0, 1), default=0.99, help="Exit 1 when the median r^2 is below this.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the full report as JSON.")
+@click.option("--force", is_flag=True, help="Replace an existing --json-out (and create its missing folder).")
 @click.option("--exact-samples", type=click.Path(dir_okay=False), default=None,
               help="HDF5 file of exact samples: seeds it holds are not recomputed, new ones are added (the exact engine "
                    "is the slow half; keep its samples to compare other approximate settings against them).")
 def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, nprobe, ef, k_factor, tail_correction,
-            scan_cap, dtype, device, min_r2, json_out, exact_samples):
+            scan_cap, dtype, device, min_r2, json_out, exact_samples, force):
     """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
-    if json_out:
-        json_out = check_writable(json_out)  # now, not after hours of exact sampling
+    check_seed_span(seed, num_seeds)
+    sched = parse_schedule_option(schedule)
+    if json_out:  # now, not after hours of exact sampling
+        json_out = claim_output(json_out, force, what="--json-out", suffixes=(".json",))
     with open_index(file) as f:
-        machine = machine or f.machine.value
-        sched = parse_schedule(schedule)
+        machine = machine if machine is not None else f.machine.value
         retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap)
         approx = make_denoiser(machine, sched, index=f, retrieval=retrieval, dtype=DTYPES[dtype])
         dev = resolve_device(device)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +70,131 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+# --------------------------------------------------------------------------------------------
+# The one overwrite rule, and one writer per path (issue 29)
+# --------------------------------------------------------------------------------------------
+
+#: Outputs this process holds (path -> its lock file), released by :func:`release_outputs`.
+_CLAIMS: dict[Path, Path] = {}
+
+
+def lock_path(path: Path) -> Path:
+    """``.<name>.lock`` beside ``path``: it holds the pid of the run writing ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(lock: Path) -> int | None:
+    """The live pid (not ours) holding ``lock``, or None when the lock is ours, stale or absent."""
+    try:
+        text = lock.read_text().strip()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return None
+    if not text.isdigit():
+        return -1 if age < 10 else None  # being written this very moment, or left empty by a killed run
+    pid = int(text)
+    return pid if pid != os.getpid() and _pid_alive(pid) else None
+
+
+def _busy(path: Path, pid: int, what: str) -> PatchdbError:
+    who = "another patchdb run" + (f" (pid {pid})" if pid > 0 else "")
+    return PatchdbError(f"{who} is writing {path}; wait for it to finish or choose another {what}")
+
+
+def _lock(path: Path, what: str) -> None:
+    """Take ``path``'s lock file by exclusive create; a lock whose run is gone is taken over."""
+    if path in _CLAIMS:
+        return
+    lock = lock_path(path)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _holder(lock)
+            if pid is not None:
+                raise _busy(path, pid, what) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # stale: its run was killed
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        _CLAIMS[path] = lock
+        return
+    raise _busy(path, -1, what)
+
+
+def claim_output(path: str | os.PathLike, force: bool = False, what: str = "--out",
+                 suffixes: tuple[str, ...] | None = None, folder: bool = False) -> Path:
+    """The one overwrite rule of every command, checked before any work (issue 29).
+
+    - ``path`` must end in one of ``suffixes`` (when given): a sample file is never written as ``x.txt``;
+    - its parent folder must exist: without ``force`` a missing one is refused with a hint, with
+      ``force`` it is created;
+    - an existing output (a file; for ``folder`` outputs a folder that is not empty) is refused unless
+      ``force``;
+    - the path is locked (``.<name>.lock``, exclusive create, holding our pid) until
+      :func:`release_outputs`, so two runs writing one path cannot both succeed.
+    """
+    path = Path(path)
+    if not str(path).strip() or path.name in ("", ".", ".."):
+        raise PatchdbError(f"{what} '{path}' names no {'folder' if folder else 'file'}; give a name such as "
+                           f"{'out' if folder else 'out' + (suffixes[0] if suffixes else '.h5')}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise PatchdbError(f"{what} {path} does not end in {' or '.join(suffixes)}; that is the file written there "
+                           f"(e.g. {path.with_suffix(suffixes[0]).name})")
+    if not folder and path.is_dir():
+        raise PatchdbError(f"{what} {path} is a folder; give a file name such as {path / ('out' + (suffixes or ('.h5',))[0])}")
+    if folder and path.exists() and not path.is_dir():
+        raise PatchdbError(f"{what} {path} is a file; give a folder name")
+    parent = path.parent
+    if not parent.is_dir():
+        if parent.exists() or not force:
+            raise PatchdbError(f"{what}: folder {parent} does not exist; create it (mkdir -p {parent}), "
+                               f"or pass --force to create it, or choose another {what}")
+        parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise PatchdbError(f"{what}: folder {parent} is not writable; choose another {what}")
+    _lock(path, what)
+    full = path.exists() and (not folder or any(path.iterdir()))
+    if full and not force:
+        release_outputs(path)
+        kind = "folder" if folder else "file"
+        raise PatchdbError(f"{what} {path} already exists ({kind}); pass --force to replace it or choose another {what}")
+    return path
+
+
+def release_outputs(*paths: Path) -> None:
+    """Drop the locks of ``paths`` (default: every output this process claimed)."""
+    for path in [Path(p) for p in paths] if paths else list(_CLAIMS):
+        lock = _CLAIMS.pop(path, None)
+        if lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+
+@contextlib.contextmanager
+def claimed(path: str | os.PathLike, force: bool = False, **kw) -> Iterator[Path]:
+    """:func:`claim_output` for the length of a block (library callers); a claim held already is kept."""
+    held = Path(path) in _CLAIMS
+    out = claim_output(path, force, **kw)
+    try:
+        yield out
+    finally:
+        if not held:
+            release_outputs(out)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
@@ -78,6 +205,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_path(path)
     try:
         yield tmp
+        if path not in _CLAIMS and (pid := _holder(lock_path(path))) is not None:
+            raise _busy(path, pid, "output")  # another run holds this path: do not replace its result
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -137,23 +266,61 @@ def write_samples(
     denoiser output of every step, step S (highest noise) first; attrs ``metadata``: every setting.
     """
     with atomic_h5(path, SAMPLES_FORMAT, SAMPLES_VERSION, settings) as f:
-        f.create_dataset("samples", data=samples.detach().cpu().float().numpy(), compression="gzip")
-        f.create_dataset("seeds", data=np.asarray(seeds, dtype=np.int64))
+        put_array(f, "samples", samples.detach().cpu().float().numpy(), compression="gzip")
+        put_array(f, "seeds", np.asarray(seeds, dtype=np.int64))
         lab = np.full(len(seeds), -1, np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
-        f.create_dataset("labels", data=lab)
+        put_array(f, "labels", lab)
         if schedule is not None:
-            f.create_dataset("schedule", data=np.asarray(schedule, dtype=np.int64))
+            put_array(f, "schedule", np.asarray(schedule, dtype=np.int64))
         if trajectory is not None:
-            f.create_dataset("trajectory", data=trajectory.float().numpy(), compression="gzip")
+            put_array(f, "trajectory", trajectory.float().numpy(), compression="gzip")
     return Path(path)
 
 
 def read_samples(path: str | os.PathLike) -> dict:
-    """Everything in a sample file as numpy arrays plus ``metadata``."""
+    """Everything in a sample file as numpy arrays plus ``metadata`` (arrays checked against their checksums)."""
     with open_checked(path, SAMPLES_FORMAT, SAMPLES_VERSION) as f:
-        out = {name: f[name][()] for name in f}
-        out["metadata"] = metadata(f)
+        try:
+            out = {name: get_array(f[name], path) for name in f}
+        except (OSError, KeyError, TypeError) as err:
+            raise PatchdbError(f"{path} cannot be read ({err.__class__.__name__}); it is damaged, recompute it") from None
+        try:
+            out["metadata"] = metadata(f)
+        except (ValueError, TypeError):
+            raise PatchdbError(f"{path}: its metadata is not valid JSON (damaged); recompute it") from None
+        if not isinstance(out["metadata"], dict):
+            raise PatchdbError(f"{path}: its metadata is not a JSON object (damaged); recompute it")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checksums of stored arrays (issue 29): SHA-256 of the array's bytes, an attribute of its dataset
+# --------------------------------------------------------------------------------------------
+
+CHECKSUM_ATTR = "sha256"
+
+
+def digest(data) -> str:
+    """SHA-256 hex digest of an array's bytes in C order (or of ``bytes``)."""
+    if isinstance(data, np.ndarray):
+        data = memoryview(np.ascontiguousarray(data)).cast("B")
+    return hashlib.sha256(data).hexdigest()
+
+
+def put_array(group: h5py.Group, name: str, data: np.ndarray, **kw) -> h5py.Dataset:
+    """``create_dataset`` that records the array's checksum beside it."""
+    ds = group.create_dataset(name, data=data, **kw)
+    ds.attrs[CHECKSUM_ATTR] = digest(np.asarray(data))
+    return ds
+
+
+def get_array(ds: h5py.Dataset, where) -> np.ndarray:
+    """A stored array, refused in one line when it does not match the checksum recorded beside it."""
+    data = ds[()]
+    want = ds.attrs.get(CHECKSUM_ATTR)
+    if want is not None and isinstance(data, np.ndarray) and digest(data) != want:
+        raise PatchdbError(f"{where}: {ds.name} is damaged (checksum mismatch); recompute or restore the file")
+    return data
 
 
 EXACT_CACHE_FORMAT = "patchdb-exact-samples"

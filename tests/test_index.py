@@ -161,8 +161,41 @@ def test_corrupted_index_bytes(tmp_path, built):
     with h5py.File(bad, "a") as h5:
         del h5["sizes/k3/e0/index/0"]
         h5["sizes/k3/e0/index"].create_dataset("0", data=np.zeros(100, np.uint8))
+    with pytest.raises(PatchdbError, match="damaged: /sizes/k3/e0/index/0"):  # checked on open (issue 29)
+        IndexFile(bad)
+    with h5py.File(bad, "a") as h5:  # a file built before checksums: the piece fails when it is loaded
+        del h5.attrs["build-id"]
     with IndexFile(bad) as f, pytest.raises(PatchdbError, match="corrupted"):
         f.index(3, 0, 0)
+
+
+def test_checksums_name_the_damaged_piece_and_add_keeps_one_build(tmp_path, built):
+    """Issue 29: every stored array has a checksum and the build's id; info --check (verify) names damage."""
+    ds, path = built
+    with IndexFile(path) as f:
+        assert f.build_id and f.verify() == []
+        build = f.build_id
+    for name, at in [("images", 100), ("sizes/k5/e0/index/0", 500), ("sizes/k3/e1/cand_pos", 3)]:
+        bad = tmp_path / "bad.h5"
+        bad.write_bytes(path.read_bytes())
+        with h5py.File(bad, "a") as h5:
+            data = h5[name][()]
+            flat = data.reshape(-1)
+            flat[at] = flat[at] + 1
+            h5[name][...] = data
+        if "index" not in name:  # cand_pos, and images this small, are checked on every open
+            with pytest.raises(PatchdbError, match=f"damaged: /{name}"):
+                IndexFile(bad)
+            continue
+        with IndexFile(bad) as f:  # a FAISS index: when it is loaded, and by verify() (info --check)
+            assert f.verify() == [f"/{name}"]
+            with pytest.raises(PatchdbError, match=f"damaged: /{name}"):
+                f.index(5, 0, 0)
+    out = tmp_path / "added.h5"
+    out.write_bytes(path.read_bytes())
+    build_index_file(ds, out, BuildConfig("bbels", (7,)), progress=False, add=True)
+    with IndexFile(out) as f:
+        assert f.build_id == build and f.verify() == [] and f.sizes == (3, 5, 7)
 
 
 def test_add_sizes_and_resume(tmp_path, built, monkeypatch):

@@ -88,7 +88,7 @@ def load_tensors(path: Path, what: str):
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError (zip reader), EOFError, ...: torch.load fails in many types
+    except Exception as err:  # noqa: BLE001 (UnpicklingError, RuntimeError from the zip reader, EOFError, ...)
         why = "it holds objects other than tensors" if "weights_only" in str(err).lower() else "damaged or truncated"
         raise PatchdbError(f"{path} cannot be read as {what} ({err.__class__.__name__}: {why}); patchdb loads tensors "
                            "only, never code: use a file written by 'patchdb train'") from None

@@ -15,12 +15,14 @@ import hashlib
 import io
 import os
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
+from zlib import error as zlib_error
 
 import numpy as np
 import torch
@@ -64,6 +66,64 @@ _PATH_KINDS = (
     "a .zip of an image folder, a folder with one sub-folder of images per class, "
     "a folder of MNIST-style IDX .gz files, or an .npz with 'images' and 'labels'"
 )
+
+
+#: Caps on what a user's file may make patchdb decode (issue 29: bombs and giant images are one line,
+#: not gigabytes). Raise them with these environment variables.
+MAX_PIXELS_ENV = "PATCHDB_MAX_PIXELS"  # decoded pixels of one image (default 2**24, 16.8 megapixels)
+MAX_BYTES_ENV = "PATCHDB_MAX_BYTES"  # one archive member, one decompressed file, all decoded images (default 1 GiB)
+_DEFAULT_MAX_PIXELS = 2**24
+_DEFAULT_MAX_BYTES = 2**30
+#: Images smaller than this share of the target size are refused by the resize policy (a 1x1 image
+#: blown up to 32x32 is made up, not resized): pad them or keep them with policy "none".
+_MIN_RESIZE_SHARE = 0.25
+#: First ten labels of the label files of MNIST and Fashion-MNIST (file order): enough to tell the four
+#: files apart, so that ``--dataset mnist`` over Fashion-MNIST files is refused instead of mislabelled.
+_KNOWN_LABEL_STARTS = {
+    (5, 0, 4, 1, 9, 2, 1, 3, 1, 4): ("mnist", "train"),
+    (7, 2, 1, 0, 4, 1, 4, 9, 5, 9): ("mnist", "test"),
+    (9, 0, 0, 3, 0, 2, 7, 2, 5, 5): ("fashion-mnist", "train"),
+    (9, 2, 1, 1, 6, 1, 4, 6, 5, 7): ("fashion-mnist", "test"),
+}
+
+
+def _cap(env: str, default: int) -> int:
+    text = os.environ.get(env, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise PatchdbError(f"${env}={text!r} is not a number; set it to a count such as {default}") from None
+    if value < 1:
+        raise PatchdbError(f"${env}={text!r} must be positive; unset it for the default {default}")
+    return value
+
+
+def max_pixels() -> int:
+    """Most pixels one decoded image may have (``$PATCHDB_MAX_PIXELS``)."""
+    return _cap(MAX_PIXELS_ENV, _DEFAULT_MAX_PIXELS)
+
+
+def max_bytes() -> int:
+    """Most bytes of one archive member, one decompressed file, or all decoded images (``$PATCHDB_MAX_BYTES``)."""
+    return _cap(MAX_BYTES_ENV, _DEFAULT_MAX_BYTES)
+
+
+def _image_file_cap() -> int:
+    """Most bytes of one image file: 4 bytes per allowed pixel and 1 MiB of headers (never more than max_bytes)."""
+    return min(4 * max_pixels() + 2**20, max_bytes())
+
+
+def _too_big(what: str, size: int, cap: int, env: str) -> PatchdbError:
+    return PatchdbError(f"{what} is {size:,} bytes, over the {cap:,} patchdb reads (a decompression bomb?); "
+                        f"if it is genuine, raise ${env}")
+
+
+def dataset_family(name: str) -> str | None:
+    """The named dataset a :attr:`Dataset.name` is (the embedded set is MNIST), or None for paths."""
+    key = _canonical(name) if isinstance(name, str) and ":" not in name else None
+    return "mnist" if key == "embedded" else key
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,6 +531,11 @@ def _fit_size(images: np.ndarray, size: int, policy: str, what: str) -> np.ndarr
             f"{what} images are {h}x{w}, not square: resizing to {size}x{size} would distort "
             "them; use policy 'none' or crop them to a square first"
         )
+    if h < _MIN_RESIZE_SHARE * size:
+        raise PatchdbError(
+            f"{what} images are {h}x{w}: resizing them to {size}x{size} would make up "
+            f"{1 - h * w / size**2:.0%} of the pixels; use --policy pad (zero padding) or none"
+        )
     return _resize_bilinear(images, size)
 
 
@@ -561,11 +626,14 @@ _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (gzipped if it ends in ``.gz``) into a read-only numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
+    cap = max_bytes()
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            data = f.read(cap + 1)  # bounded: a gzip bomb stops here
+    except (OSError, EOFError, zlib_error) as e:
         raise PatchdbError(f"cannot read IDX file {path} ({e}): re-download it") from e
+    if len(data) > cap:
+        raise _too_big(f"IDX file {path} (decompressed)", len(data), cap, MAX_BYTES_ENV)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise PatchdbError(f"{path} is not an IDX file (bad magic number): re-download it")
     ndim = data[3]
@@ -617,15 +685,23 @@ def _fail_if_other_split(dirs: list[Path], split: str, what: str) -> None:
 
 
 def _load_idx(
-    images_path: Path, labels_path: Path, select: _Selector, names: tuple[str, ...] | None
+    images_path: Path, labels_path: Path, select: _Selector, names: tuple[str, ...] | None,
+    expect: str | None = None,
 ) -> _Raw:
-    images, labels = _read_idx(images_path), _read_idx(labels_path).astype(np.int64)
+    images, labels = _read_idx(images_path), _read_idx(labels_path)
     if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
         raise PatchdbError(
             f"{images_path} {images.shape} and {labels_path} {labels.shape} do not match: "
             "use an images file and the labels file of the same split"
         )
-    names = names or tuple(str(i) for i in range(int(labels.max()) + 1))
+    if images.dtype != np.uint8 or not np.issubdtype(labels.dtype, np.integer):
+        raise PatchdbError(f"{images_path} holds {images.dtype} pixels and {labels.dtype} labels; patchdb reads "
+                           "uint8 pixels and integer labels (MNIST-style IDX files)")
+    known = _KNOWN_LABEL_STARTS.get(tuple(int(v) for v in labels[:10]))
+    if expect is not None and known is not None and known[0] != expect:
+        raise PatchdbError(f"{labels_path} holds the {known[0]} {known[1]} labels, not {expect}'s: pass "
+                           f"--dataset {known[0]}, or point --root at the {expect} files")
+    labels, names = _labels_and_names(labels.astype(np.int64), names, labels_path)
     ids = select(labels, len(names))
     picked = images[ids]
     picked = picked[..., None] if picked.ndim == 3 else picked
@@ -646,7 +722,7 @@ def _load_mnist_like(name: str, root: Path, split: str, download: bool, select: 
             f"{name} {split} files ({_idx_names(split)[0]}.gz) not found; looked in {looked}: "
             f"pass --download to fetch them, or --root DIR holding the IDX files"
         )
-    return _load_idx(*found, select, _CLASS_NAMES[name])
+    return _load_idx(*found, select, _CLASS_NAMES[name], expect=name)
 
 
 def _download_torchvision(name: str, root: Path, split: str) -> object:
@@ -720,6 +796,10 @@ def _load_npz(path: Path, select: _Selector, names: tuple[str, ...] | None) -> _
                     f"{path} has arrays {sorted(z.files)}, not 'images' and 'labels': "
                     "save it with np.savez(path, images=..., labels=...)"
                 )
+            cap = max_bytes()
+            size = sum(info.file_size for info in z.zip.infolist())  # as declared; reads stop there
+            if size > cap:
+                raise _too_big(f"{path} (its arrays)", size, cap, MAX_BYTES_ENV)
             images, labels = z["images"], z["labels"]
             stored = tuple(str(c) for c in z["classes"]) if "classes" in z else None
     except (OSError, ValueError, zipfile.BadZipFile) as e:
@@ -728,14 +808,30 @@ def _load_npz(path: Path, select: _Selector, names: tuple[str, ...] | None) -> _
         raise PatchdbError(f"cannot read {path} as .npz ({e}): check the file") from e
     images = _npz_to_nhwc(images, path)
     labels = _npz_labels(labels, len(images), path)
-    names = names or stored or tuple(str(i) for i in range(int(labels.max()) + 1))
-    if int(labels.max()) >= len(names):
-        raise PatchdbError(
-            f"{path} has label {int(labels.max())} but {len(names)} class names: "
-            "fix its 'classes' array"
-        )
+    labels, names = _labels_and_names(labels, names or stored, path)
     ids = select(labels, len(names))
     return _Raw(images[ids], labels[ids], names, str(path.resolve()), "npz", None)
+
+
+def _labels_and_names(
+    labels: np.ndarray, names: tuple[str, ...] | None, path: Path
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Labels 0..K-1 and the K class names.
+
+    With ``names`` (a named dataset, an npz ``classes`` array) every label must index one. Without,
+    the distinct label values are compacted in increasing order and name their classes (labels
+    0..K-1 keep their numbers), so a label of 10**9 costs one class, not a billion names (issue 29).
+    """
+    if len(labels) == 0:
+        raise PatchdbError(f"{path} holds no images: pass a file with at least one image")
+    if names is not None:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= len(names):
+            raise PatchdbError(f"{path} has labels {lo}..{hi} but {len(names)} class names: labels must be "
+                               f"0..{len(names) - 1}; fix the labels or the class names")
+        return labels, names
+    values, inverse = np.unique(labels, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), tuple(str(int(v)) for v in values)
 
 
 def _npz_to_nhwc(images: np.ndarray, path: Path) -> np.ndarray:
@@ -794,7 +890,16 @@ class _DirTree:
                    for p in self.root.glob(pat))
 
     def reader(self) -> Callable[[tuple[str, ...]], bytes]:
-        return lambda parts: self.root.joinpath(*parts).read_bytes()
+        cap = _image_file_cap()
+
+        def read(parts: tuple[str, ...]) -> bytes:
+            path = self.root.joinpath(*parts)
+            size = path.stat().st_size
+            if size > cap:
+                raise _too_big(f"image file {path}", size, cap, MAX_PIXELS_ENV)
+            return path.read_bytes()
+
+        return read
 
     def close(self) -> None:
         pass
@@ -818,7 +923,19 @@ class _ZipTree:
         return [p for p in parts if _is_image_name(p[-1]) and not any(map(_hidden, p))]
 
     def reader(self) -> Callable[[tuple[str, ...]], bytes]:
-        return lambda parts: self.zf.read("/".join(parts))
+        cap = _image_file_cap()
+
+        def read(parts: tuple[str, ...]) -> bytes:
+            name = "/".join(parts)
+            size = self.zf.getinfo(name).file_size  # declared; zipfile never inflates past it
+            if size > cap:
+                raise _too_big(f"member {name} of {self.label}", size, cap, MAX_PIXELS_ENV)
+            try:
+                return self.zf.read(name)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib_error, NotImplementedError) as e:
+                raise PatchdbError(f"cannot read member {name} of {self.label} ({e}): check the zip") from e
+
+        return read
 
     def close(self) -> None:
         self.zf.close()
@@ -897,8 +1014,12 @@ def _decode_all(
     )
     arrays: list[np.ndarray] = []
     first: tuple[int, int] | None = None
+    total, cap = 0, max_bytes()
     for parts in tqdm(files, desc=f"reading {Path(where).name}", unit="img", disable=not show):
         a = _decode(read(parts), parts, where)
+        total += a.nbytes
+        if total > cap:
+            raise _too_big(f"the decoded images of {where}", total, cap, MAX_BYTES_ENV)
         if first is None:
             first = a.shape[:2]
         elif a.shape[:2] != first:
@@ -914,8 +1035,21 @@ def _decode_all(
 
 
 def _decode(data: bytes, parts: tuple[str, ...], where: str) -> np.ndarray:
+    cap = max_pixels()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PatchdbError(f"{'/'.join(parts)} in {where} has over {cap:,} pixels (a decompression bomb?); "
+                           f"if it is genuine, raise ${MAX_PIXELS_ENV}") from None
+    except (OSError, ValueError) as e:
+        raise PatchdbError(f"cannot decode {'/'.join(parts)} in {where} ({e}): remove or re-save that file") from e
+    if im.size[0] * im.size[1] > cap:
+        raise PatchdbError(f"{'/'.join(parts)} in {where} is {im.size[0]}x{im.size[1]} pixels, over the {cap:,} "
+                           f"patchdb decodes (a decompression bomb?); if it is genuine, raise ${MAX_PIXELS_ENV}")
+    try:
+        with im:
             im = im.convert("L" if im.mode in _GRAY_MODES else "RGB")
             a = np.asarray(im)
     except (OSError, ValueError, Image.DecompressionBombError) as e:

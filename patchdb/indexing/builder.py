@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,9 +25,25 @@ import torch
 from ..errors import PatchdbError
 from ..schedule import check_patch_size
 from ..spec import Machine
-from ..store import atomic_h5, check_writable, library_versions
+from ..store import (
+    CHECKSUM_ATTR,
+    atomic_h5,
+    check_writable,
+    claimed,
+    digest,
+    library_versions,
+    put_array,
+)
 from . import faiss_ops as fx
-from .format import ID_RULE, INDEX_FORMAT, INDEX_VERSION, Entry, entries_for
+from .format import (
+    BUILD_ID_ATTR,
+    ID_RULE,
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    METADATA_SHA_ATTR,
+    Entry,
+    entries_for,
+)
 from .reader import IndexFile
 from .windows import PatchSource, sample_vectors, vector_chunks
 
@@ -76,14 +93,22 @@ def build_index_file(
     for k in config.sizes:
         check_patch_size(k)
     fingerprint = dataset.fingerprint()
-    keep_from = _existing(out, dataset, config, overwrite, add)
-    todo = [k for k in sorted(set(config.sizes)) if k not in keep_from]
-    partial = _partial_dir(out, fingerprint, config)
-    for k in todo:
-        _build_size(dataset, k, machine, config, partial, progress)
-    _assemble(dataset, out, config, partial, sorted(set(todo) | set(keep_from)), keep_from)
-    shutil.rmtree(partial, ignore_errors=True)
+    # One builder per path: a second build into the same file (or its .partial/) is refused while this runs.
+    with claimed(out, force=True, what="--out"):
+        keep_from = _existing(out, dataset, config, overwrite, add)
+        todo = [k for k in sorted(set(config.sizes)) if k not in keep_from]
+        partial = _partial_dir(out, fingerprint, config)
+        for k in todo:
+            _build_size(dataset, k, machine, config, partial, progress)
+        _assemble(dataset, out, config, partial, sorted(set(todo) | set(keep_from)), keep_from)
+        shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """``<out>.partial/``: the finished sub-indexes of an interrupted build, where a rerun resumes."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
 
 
 def _existing(out: Path, dataset, config: BuildConfig, overwrite: bool, add: bool) -> list[int]:
@@ -120,7 +145,7 @@ def _alive(pid: int) -> bool:
 
 def _partial_dir(out: Path, fingerprint: str, config: BuildConfig) -> Path:
     """``<out>.partial/`` holds finished sub-indexes of an interrupted build with the same inputs."""
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     manifest = {"fingerprint": fingerprint, **config.key(), "format-version": INDEX_VERSION}
     found = partial / "manifest.json"
     if found.exists():
@@ -245,21 +270,43 @@ def _assemble(dataset, out: Path, config: BuildConfig, partial: Path, sizes: lis
     }
     old = h5py.File(out, "r") if keep_from else None
     try:
+        # --add keeps the old file's build id, so the pieces copied from it and the new ones agree.
+        build_id = str((old.attrs.get(BUILD_ID_ATTR) if old is not None else None) or uuid.uuid4().hex)
         with atomic_h5(out, INDEX_FORMAT, INDEX_VERSION, meta) as f:
-            f.create_dataset("images", data=dataset.images.numpy())
-            f.create_dataset("labels", data=dataset.labels.numpy())
+            f.attrs[BUILD_ID_ATTR] = build_id
+            f.attrs[METADATA_SHA_ATTR] = digest(str(f.attrs["metadata"]).encode())
+            _put(f, "images", dataset.images.numpy(), build_id)
+            _put(f, "labels", dataset.labels.numpy(), build_id)
             sizes_group = f.create_group("sizes")
             for k in sizes:
                 if k in keep_from:
                     old.copy(old[f"sizes/k{k}"], sizes_group, name=f"k{k}")
+                    _stamp_copied(sizes_group[f"k{k}"], build_id)
                 else:
-                    _write_size(sizes_group, k, machine, dataset, partial)
+                    _write_size(sizes_group, k, machine, dataset, partial, build_id)
     finally:
         if old is not None:
             old.close()
 
 
-def _write_size(parent: h5py.Group, k: int, machine: Machine, dataset, partial: Path) -> None:
+def _put(group: h5py.Group, name: str, data: np.ndarray, build_id: str) -> h5py.Dataset:
+    """An array with its checksum and the build's id (:mod:`.format`, "Integrity")."""
+    ds = put_array(group, name, data)
+    ds.attrs[BUILD_ID_ATTR] = build_id
+    return ds
+
+
+def _stamp_copied(group: h5py.Group, build_id: str) -> None:
+    """Arrays copied by ``--add`` from a file built before checksums existed get theirs now."""
+    def visit(_name, obj):
+        if isinstance(obj, h5py.Dataset) and CHECKSUM_ATTR not in obj.attrs:
+            obj.attrs[CHECKSUM_ATTR] = digest(obj[()])
+            obj.attrs[BUILD_ID_ATTR] = build_id
+
+    group.visititems(visit)
+
+
+def _write_size(parent: h5py.Group, k: int, machine: Machine, dataset, partial: Path, build_id: str) -> None:
     grp = parent.create_group(f"k{k}")
     grp.attrs["k"] = k
     infos = []
@@ -267,14 +314,14 @@ def _write_size(parent: h5py.Group, k: int, machine: Machine, dataset, partial: 
         e = grp.create_group(f"e{i}")
         e.attrs["family"] = entry.family
         e.attrs["indexed"] = entry.indexed
-        e.create_dataset("cand_pos", data=entry.cand_pos.numpy())
+        _put(e, "cand_pos", entry.cand_pos.numpy(), build_id)
         info = {"family": entry.family, "groups": int(entry.cand_pos.shape[0]), "per_image": entry.per_image,
                 "vectors": len(dataset) * entry.cand_pos.numel(), "indexed": entry.indexed}
         if entry.indexed:
             info = json.loads((partial / f"k{k}_e{i}.json").read_text())
             sub = e.create_group("index")
             for g in range(entry.cand_pos.shape[0]):
-                sub.create_dataset(str(g), data=np.fromfile(piece_path(partial / f"k{k}_e{i}", g), dtype=np.uint8))
+                _put(sub, str(g), np.fromfile(piece_path(partial / f"k{k}_e{i}", g), dtype=np.uint8), build_id)
         e.attrs["info"] = json.dumps(info)
         infos.append(info)
     grp.attrs["info"] = json.dumps(infos)

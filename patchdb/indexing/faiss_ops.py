@@ -157,8 +157,8 @@ _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 def parse_bytes(text: str, what: str = "size") -> int:
     """Bytes from ``8GiB``, ``16G``, ``500MB`` or a plain number of bytes; ``what`` names the option in errors."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
-    if not match:
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if not match or float(match.group(1)) * _UNITS[match.group(2)] < 1:
         raise PatchdbError(f"{what} '{text}' is not a size; write e.g. 8GiB, 16G or 500MB")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 

@@ -18,6 +18,15 @@ Id rule, stored in the metadata and used everywhere: in sub-index ``(K, i, g)`` 
 ``[start, stop)`` of images is the id range ``[start * L, stop * L)``. Corner (and LS fallback)
 families are not indexed: they have only N candidates per pixel and are scanned exactly.
 
+Integrity (issue 29; files built since then, still format version 1: older files simply lack it). The
+root carries ``build-id`` (a random id of the build, kept by ``build --add``) and ``metadata-sha256``;
+every stored array (images, labels, each ``cand_pos`` and each serialized FAISS index) carries
+``sha256`` (of its bytes) and the ``build-id``. A file whose pieces carry another build's id is
+refused (a mixed file). When checked: metadata, build ids, labels (checksum and range 0..classes-1,
+sorted) and candidate positions on every open; images on open when at most
+:data:`VERIFY_ON_OPEN_BYTES`, else when first read; each FAISS index when it is loaded; everything
+by ``patchdb info --check``.
+
 Everything that names the stored layout is here; :mod:`.builder` writes it, :mod:`.reader` reads it,
 :mod:`.windows` cuts the vectors.
 
@@ -44,6 +53,12 @@ INDEX_VERSION = 1
 ID_RULE = "image = id // L; position = cand_pos[g, id % L] (flat y*W+x); class [a,b) = ids [a*L, b*L)"
 #: Families whose candidates are few per query pixel (N): scanned exactly, never indexed.
 EXACT_FAMILIES = ("corner", "ls")
+#: Root and per-array attribute: the random id of the build that wrote the piece.
+BUILD_ID_ATTR = "build-id"
+#: Root attribute: SHA-256 of the metadata JSON string.
+METADATA_SHA_ATTR = "metadata-sha256"
+#: Images up to this size are checked against their checksum when the file is opened (larger: when first read).
+VERIFY_ON_OPEN_BYTES = 64 * 2**20
 #: Environment variable: memory for loaded sub-indexes (e.g. ``8GiB``); unset: half the available memory.
 CACHE_ENV = "PATCHDB_INDEX_MEMORY"
 

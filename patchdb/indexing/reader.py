@@ -15,9 +15,17 @@ import torch
 from ..errors import PatchdbError, PatchdbFileError
 from ..schedule import ScaleSchedule, parse_schedule
 from ..spec import Machine
-from ..store import metadata, open_checked
+from ..store import CHECKSUM_ATTR, digest, metadata, open_checked
 from . import faiss_ops as fx
-from .format import CACHE_ENV, INDEX_FORMAT, INDEX_VERSION, Entry
+from .format import (
+    BUILD_ID_ATTR,
+    CACHE_ENV,
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    METADATA_SHA_ATTR,
+    VERIFY_ON_OPEN_BYTES,
+    Entry,
+)
 from .windows import Blanks, PatchSource, lit_integral, take_out_blanks
 
 log = logging.getLogger(__name__)
@@ -76,10 +84,16 @@ class IndexFile:
         self.cache_bytes = default_cache_bytes() if cache_bytes == "auto" else cache_bytes  # None: no limit
         self.loads = 0  # sub-index deserializations (tests and logs)
         self.h5 = open_checked(self.path, INDEX_FORMAT, INDEX_VERSION)
+        self._images_ok = False  # images checked against their checksum
+        self.build_id: str | None = None  # None: a file built before checksums existed
         try:
             self.meta = metadata(self.h5)
             self._check_complete()
-        except (KeyError, ValueError, OSError) as err:
+            self.build_id = self._check_build()
+            self._check_labels()
+            if self.build_id is not None and self.h5["images"].nbytes <= VERIFY_ON_OPEN_BYTES:
+                self.images()
+        except (KeyError, ValueError, OSError, TypeError) as err:
             self.h5.close()
             if isinstance(err, PatchdbError):
                 raise
@@ -105,6 +119,74 @@ class IndexFile:
                 if e.attrs["indexed"] and len(e["index"]) != e["cand_pos"].shape[0]:
                     raise PatchdbError(f"{self.path} size {k} has missing sub-indexes; rebuild it")
 
+    # ---- integrity (format.py, "Integrity") ------------------------------------------------
+
+    def _damaged(self, part: str, why: str = "checksum mismatch") -> PatchdbError:
+        return PatchdbError(f"{self.path} is damaged: {part} ({why}); rebuild it with patchdb build --force "
+                            "(patchdb info --check lists every damaged part)")
+
+    def _arrays(self):
+        """Every stored array of the file: images, labels, and per size each cand_pos and FAISS index."""
+        yield self.h5["images"]
+        yield self.h5["labels"]
+        for k in self.meta["sizes"]:
+            for e in self.h5[f"sizes/k{k}"].values():
+                yield e["cand_pos"]
+                if "index" in e:
+                    yield from e["index"].values()
+
+    def _check_build(self) -> str | None:
+        """The build id; one line for damaged metadata or a piece of another build (a mixed file).
+        None for a file built before checksums existed (nothing to check)."""
+        build = self.h5.attrs.get(BUILD_ID_ATTR)
+        if build is None:
+            return None
+        self.build_id = build = str(build)
+        want = self.h5.attrs.get(METADATA_SHA_ATTR)
+        if want is None or digest(str(self.h5.attrs["metadata"]).encode()) != want:
+            raise self._damaged("its metadata")
+        for ds in self._arrays():
+            found = ds.attrs.get(BUILD_ID_ATTR)
+            if found is None or CHECKSUM_ATTR not in ds.attrs:
+                raise self._damaged(ds.name, "no checksum or build id: replaced, or written by another program")
+            if found != build:
+                raise PatchdbError(f"{self.path}: {ds.name} belongs to another build ({str(found)[:8]}, not {build[:8]}); "
+                                   "the file mixes two builds, rebuild it with patchdb build --force")
+            if ds.name.endswith("cand_pos"):
+                self._verify(ds)
+        return build
+
+    def _verify(self, ds, data=None):
+        """``ds``'s data, refused in one line when it does not match its checksum (files with checksums)."""
+        data = ds[()] if data is None else data
+        if self.build_id is not None and digest(data) != ds.attrs.get(CHECKSUM_ATTR):
+            raise self._damaged(ds.name)
+        return data
+
+    def _check_labels(self) -> None:
+        """Labels 0..classes-1, sorted, one per image (every file; cheap: 8 bytes an image)."""
+        labels = self._verify(self.h5["labels"]) if self.build_id is not None else self.h5["labels"][()]
+        classes = len(self.meta.get("classes") or ())
+        n = int(self.h5["images"].shape[0])
+        if labels.ndim != 1 or len(labels) != n or n != int(self.meta.get("count", n)):
+            raise self._damaged("/labels", f"{labels.shape} labels for {n} images")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            raise self._damaged("/labels", f"labels {int(labels.min())}..{int(labels.max())} outside 0..{classes - 1}")
+        if n > 1 and bool((labels[1:] < labels[:-1]).any()):
+            raise self._damaged("/labels", "not sorted by class")
+
+    def verify(self) -> list[str]:
+        """Check every stored array against its checksum: the names of the damaged ones (empty: all match).
+        Raises for a file without checksums."""
+        if self.build_id is None:
+            raise PatchdbError(f"{self.path} was built before patchdb kept checksums; nothing to check against, "
+                               "rebuild it with patchdb build --force to get them")
+        damaged = []
+        for ds in self._arrays():
+            if digest(ds[()]) != ds.attrs.get(CHECKSUM_ATTR):
+                damaged.append(ds.name)
+        return damaged
+
     def __enter__(self) -> Self:
         return self
 
@@ -119,10 +201,15 @@ class IndexFile:
         return self.meta["fingerprint"]
 
     def images(self) -> torch.Tensor:
-        """(N, C, H, W) uint8, ordered by class."""
-        return torch.from_numpy(self.h5["images"][()])
+        """(N, C, H, W) uint8, ordered by class (checked against their checksum on the first read)."""
+        data = self.h5["images"][()]
+        if not self._images_ok:
+            self._verify(self.h5["images"], data)
+            self._images_ok = True
+        return torch.from_numpy(data)
 
     def labels(self) -> torch.Tensor:
+        """(N,) int64, checked when the file was opened."""
         return torch.from_numpy(self.h5["labels"][()]).long()
 
     def entries(self, k: int) -> list[Entry]:
@@ -163,7 +250,7 @@ class IndexFile:
         if key not in self._indexes:
             data = self.h5[f"sizes/k{k}/e{i}/index/{g}"]
             self._make_room(k, data.nbytes)
-            index = fx.deserialize(data[()])
+            index = fx.deserialize(self._verify(data))
             self._blanks[key] = self._take_out_blanks(index, k, i, g)
             extra = 0 if self._blanks[key] is None else self._blanks[key].nbytes
             self._indexes[key] = (index, int(data.nbytes) + extra)
@@ -272,7 +359,8 @@ class IndexFile:
         images_bytes = int(self.h5["images"].nbytes)
         total = images_bytes + sum(f["stored_bytes"] for fams in sizes.values() for f in fams)
         return {"path": str(self.path), **attrs, "metadata": self.meta, "images_bytes": images_bytes,
-                "sizes": sizes, "memory_to_load_bytes": total, "file_bytes": self.path.stat().st_size}
+                "sizes": sizes, "memory_to_load_bytes": total, "file_bytes": self.path.stat().st_size,
+                "checksums": self.build_id is not None}
 
 
 def open_index(path: str | os.PathLike) -> IndexFile:
