@@ -17,7 +17,7 @@ S=docs/results/cifar10-1000-w64d8-cpu-50seeds/calibration-sizes3to21/sched.json
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 0 -b 25 --threads 1 -s $S --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 25 -b 25 --threads 1 -s $S --out "$OUT/cmp-25"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-25"
+patchdb merge compare --out "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-25"
 cp "$OUT/cmp-0/grid.png" "$OUT/merged/"
 python benchmarks/paired_compare.py docs/results/cifar10-1000-w64d8-cpu-50seeds/compare.json \
     "$OUT/merged/compare.json" --names sizes3to13,sizes3to21

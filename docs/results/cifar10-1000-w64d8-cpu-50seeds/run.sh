@@ -24,4 +24,4 @@ for s in 1000 1001; do
     OMP_NUM_THREADS=1 patchdb calibrate -c $CK $D --machine bbels --num 1 --seed $s -b 1 --threads 1 -o "$OUT/cal-$s.json" & pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-python benchmarks/merge_calibrate.py "$OUT/sched.json" "$OUT/cal-1000.json" "$OUT/cal-1001.json"
+patchdb merge calibrate --out "$OUT/sched.json" "$OUT/cal-1000.json" "$OUT/cal-1001.json"

@@ -21,5 +21,5 @@ patchdb calibrate -c $CK $D --machine bbels --sizes 3,5,7,9,11,13 --num 2 --seed
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 30 --seed 0 -b 30 --threads 1 -s $CK/schedule-bbels.json --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 20 --seed 30 -b 20 --threads 1 -s $CK/schedule-bbels.json --out "$OUT/cmp-30"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-30"
+patchdb merge compare --out "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-30"
 cp "$OUT/cmp-0/grid.png" "$OUT/merged/"

@@ -16,5 +16,5 @@ CK=checkpoints/mnist-resnet-zeros-w96d8-cpu
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 8 --seed 0 -b 8 --threads 1 -s $CK/schedule-bbels.json --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 8 --seed 8 -b 8 --threads 1 -s $CK/schedule-bbels.json --out "$OUT/cmp-8"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-8"
+patchdb merge compare --out "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-8"
 cp "$OUT/cmp-0/grid.png" "$OUT/merged/"

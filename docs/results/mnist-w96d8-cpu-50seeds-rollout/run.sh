@@ -18,14 +18,14 @@ for s in 1000 1001; do
         --criterion rollout -o "$OUT/cal-$s.json" & pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-python benchmarks/merge_calibrate.py --criterion rollout "$OUT/schedule-bbels-rollout.json" "$OUT/cal-1000.json" "$OUT/cal-1001.json"
-python benchmarks/merge_calibrate.py --criterion cosine "$OUT/sched-cos.json" "$OUT/cal-1000.json" "$OUT/cal-1001.json"
+patchdb merge calibrate --criterion rollout --out "$OUT/schedule-bbels-rollout.json" "$OUT/cal-1000.json" "$OUT/cal-1001.json"
+patchdb merge calibrate --criterion cosine --out "$OUT/sched-cos.json" "$OUT/cal-1000.json" "$OUT/cal-1001.json"
 # comparison with the committed schedule: 44:26 and 42:45 wall side by side, 3.4 GB each
 # seeds 0..24 and 25..49, two 1-thread runs side by side
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 0 -b 25 --threads 1 -s $CK/schedule-bbels-rollout.json --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 25 -b 25 --threads 1 -s $CK/schedule-bbels-rollout.json --out "$OUT/cmp-25"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-25"
+patchdb merge compare --out "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-25"
 cp "$OUT/cmp-0/grid.png" "$OUT/merged/"
 python benchmarks/paired_compare.py docs/results/mnist-w96d8-cpu-50seeds-sizes1to21/compare.json \
     "$OUT/merged/compare.json" --names cosine,rollout --png "$OUT/merged/paired.png"

@@ -23,21 +23,21 @@ pids=()
 for s in 1000 1001; do
     OMP_NUM_THREADS=1 patchdb calibrate -c $CK $D --machine bbels --sizes 1,3 --num 1 --seed $s -b 1 --threads 1 -o "$OUT/cal96k1-$s.json"
 done
-python benchmarks/merge_calibrate.py "$OUT/sched-3to21.json" "$OUT/cal96-1000.json" "$OUT/cal96-1001.json"
-python benchmarks/merge_calibrate.py "$OUT/k1.json" "$OUT/cal96k1-1000.json" "$OUT/cal96k1-1001.json"
-python benchmarks/merge_calibrate.py "$OUT/schedule-bbels-sizes1to21.json" "$OUT/sched-3to21.json" "$OUT/k1.json"
+patchdb merge calibrate --out "$OUT/sched-3to21.json" "$OUT/cal96-1000.json" "$OUT/cal96-1001.json"
+patchdb merge calibrate --out "$OUT/k1.json" "$OUT/cal96k1-1000.json" "$OUT/cal96k1-1001.json"
+patchdb merge calibrate --out "$OUT/schedule-bbels-sizes1to21.json" "$OUT/sched-3to21.json" "$OUT/k1.json"
 S=$CK/schedule-bbels-sizes1to21.json
 # 50 seeds as four 1-thread runs, two side by side (26-29 min each)
 # seeds 0..12 and 13..24, two 1-thread runs side by side
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 13 --seed 0 -b 13 --threads 1 -s $S --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 12 --seed 13 -b 12 --threads 1 -s $S --out "$OUT/cmp-13"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/part-a" "$OUT/cmp-0" "$OUT/cmp-13"
+patchdb merge compare --out "$OUT/part-a" "$OUT/cmp-0" "$OUT/cmp-13"
 cp "$OUT/cmp-0/grid.png" "$OUT/part-a/"
 # seeds 25..37 and 38..49, two 1-thread runs side by side
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 13 --seed 25 -b 13 --threads 1 -s $S --out "$OUT/cmp-25" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 12 --seed 38 -b 12 --threads 1 -s $S --out "$OUT/cmp-38"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/part-b" "$OUT/cmp-25" "$OUT/cmp-38"
+patchdb merge compare --out "$OUT/part-b" "$OUT/cmp-25" "$OUT/cmp-38"
 cp "$OUT/cmp-25/grid.png" "$OUT/part-b/"
-python benchmarks/merge_compare.py "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-13" "$OUT/cmp-25" "$OUT/cmp-38"
+patchdb merge compare --out "$OUT/merged" "$OUT/cmp-0" "$OUT/cmp-13" "$OUT/cmp-25" "$OUT/cmp-38"

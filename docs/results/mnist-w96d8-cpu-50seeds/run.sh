@@ -22,6 +22,6 @@ S=$CK/schedule-bbels.json
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 17 --seed 16 -b 17 --threads 1 -s $S --out "$OUT/cmp-16" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 17 --seed 33 -b 17 --threads 1 -s $S --out "$OUT/cmp-33"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/seeds16-49" "$OUT/cmp-16" "$OUT/cmp-33"
+patchdb merge compare --out "$OUT/seeds16-49" "$OUT/cmp-16" "$OUT/cmp-33"
 cp "$OUT/cmp-16/grid.png" "$OUT/seeds16-49/"
-python benchmarks/merge_compare.py "$OUT/merged" docs/results/mnist-w96d8-cpu-16seeds "$OUT/cmp-16" "$OUT/cmp-33"
+patchdb merge compare --out "$OUT/merged" docs/results/mnist-w96d8-cpu-16seeds "$OUT/cmp-16" "$OUT/cmp-33"

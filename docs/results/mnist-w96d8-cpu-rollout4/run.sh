@@ -19,19 +19,19 @@ for s in 1002 1003; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 P=docs/results/mnist-w96d8-cpu-50seeds-rollout/calibration-parts
-python benchmarks/merge_calibrate.py --criterion rollout "$OUT/schedule-bbels-rollout4.json" $P/cal-100[0-3].json
-python benchmarks/merge_calibrate.py --criterion cosine "$OUT/schedule-bbels-cosine4.json" $P/cal-100[0-3].json
+patchdb merge calibrate --criterion rollout --out "$OUT/schedule-bbels-rollout4.json" $P/cal-100[0-3].json
+patchdb merge calibrate --criterion cosine --out "$OUT/schedule-bbels-cosine4.json" $P/cal-100[0-3].json
 S=$CK/schedule-bbels-rollout4.json
 # seeds 0-49, then the held-out seeds 50-99 (1:21:47 / 1:21:46 wall side by side on a slow day)
 # seeds 0..24 and 25..49, two 1-thread runs side by side
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 0 -b 25 --threads 1 -s $S --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 25 -b 25 --threads 1 -s $S --out "$OUT/cmp-25"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/seeds0-49" "$OUT/cmp-0" "$OUT/cmp-25"
+patchdb merge compare --out "$OUT/seeds0-49" "$OUT/cmp-0" "$OUT/cmp-25"
 cp "$OUT/cmp-0/grid.png" "$OUT/seeds0-49/"
 # seeds 50..74 and 75..99, two 1-thread runs side by side
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 50 -b 25 --threads 1 -s $S --out "$OUT/cmp-50" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CK $D --num 25 --seed 75 -b 25 --threads 1 -s $S --out "$OUT/cmp-75"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/seeds50-99" "$OUT/cmp-50" "$OUT/cmp-75"
+patchdb merge compare --out "$OUT/seeds50-99" "$OUT/cmp-50" "$OUT/cmp-75"
 cp "$OUT/cmp-50/grid.png" "$OUT/seeds50-99/"

@@ -20,15 +20,15 @@ S=checkpoints/mnist-resnet-zeros-w96d8-cpu/schedule-bbels-rollout4.json
 OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 0 -b 25 --threads 1 -s $S --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 25 -b 25 --threads 1 -s $S --out "$OUT/cmp-25"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/seeds0-49" "$OUT/cmp-0" "$OUT/cmp-25"
+patchdb merge compare --out "$OUT/seeds0-49" "$OUT/cmp-0" "$OUT/cmp-25"
 cp "$OUT/cmp-0/grid.png" "$OUT/seeds0-49/"
 # held out, seeds 50-99: 47:37 / 47:56 wall side by side
 # seeds 50..74 and 75..99, two 1-thread runs side by side
 OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 50 -b 25 --threads 1 -s $S --out "$OUT/cmp-50" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 75 -b 25 --threads 1 -s $S --out "$OUT/cmp-75"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/seeds50-99" "$OUT/cmp-50" "$OUT/cmp-75"
+patchdb merge compare --out "$OUT/seeds50-99" "$OUT/cmp-50" "$OUT/cmp-75"
 cp "$OUT/cmp-50/grid.png" "$OUT/seeds50-99/"
-python benchmarks/merge_compare.py "$OUT/seeds0-99" "$OUT/cmp-0" "$OUT/cmp-25" "$OUT/cmp-50" "$OUT/cmp-75"
+patchdb merge compare --out "$OUT/seeds0-99" "$OUT/cmp-0" "$OUT/cmp-25" "$OUT/cmp-50" "$OUT/cmp-75"
 python benchmarks/paired_compare.py docs/results/mnist-w96d8-cpu-rollout4/seeds0-49/compare.json \
     "$OUT/seeds0-49/compare.json" --names eps,v --png "$OUT/seeds0-49/paired.png"

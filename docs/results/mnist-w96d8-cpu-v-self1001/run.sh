@@ -17,7 +17,7 @@ S=$CKV/schedule-bbels-seed1001.json
 OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 0 -b 25 --threads 1 -s $S --out "$OUT/cmp-0" & pid=$!
 OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 25 -b 25 --threads 1 -s $S --out "$OUT/cmp-25"
 wait $pid
-python benchmarks/merge_compare.py "$OUT/seeds0-49" "$OUT/cmp-0" "$OUT/cmp-25"
+patchdb merge compare --out "$OUT/seeds0-49" "$OUT/cmp-0" "$OUT/cmp-25"
 cp "$OUT/cmp-0/grid.png" "$OUT/seeds0-49/"
 python benchmarks/paired_compare.py docs/results/mnist-w96d8-cpu-v-rollout4/seeds0-49/compare.json \
     "$OUT/seeds0-49/compare.json" --names transferred,self1001 --png "$OUT/seeds0-49/paired.png" \
