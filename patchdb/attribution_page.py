@@ -553,9 +553,10 @@ function drawMap() {
 function drawHighlight(s, canvas) {
   const px = new Uint8ClampedArray(P * 4); const step = state.step;
   for (let p = 0; p < P; p++) {
-    let w = 0; for (const e of entries(s, step, p)) if (e.image === state.highlight) w += e.weight;
+    let w = 0, fed = false;
+    for (const e of entries(s, step, p)) if (e.image === state.highlight) { w += e.weight; fed = true; }
     const g = greyOf(s, step, p);
-    const a = w > 0 ? Math.min(1, 0.25 + 0.75 * Math.sqrt(w)) : 0;
+    const a = fed ? Math.min(1, 0.25 + 0.75 * Math.sqrt(w)) : 0;
     px.set([g * (1 - a) + 224 * a, g * (1 - a) + 33 * a, g * (1 - a) + 138 * a, 255], p * 4);
   }
   canvas.width = W; canvas.height = H;
@@ -723,8 +724,10 @@ function renderAll() { renderStep(); renderSummary(); drawMap(); drawOverlay(); 
 // ---------- actions ----------
 async function selectSample(b) {
   state.b = b; await loadSample(b);
+  if (state.b !== b) return;  // another sample was picked while this one was decoding
   document.querySelectorAll('#grid button').forEach((el, i) => el.setAttribute('aria-selected', String(i === b)));
   renderAll();
+  document.body.dataset.sample = b;
 }
 function setStep(i) { state.step = Math.min(Math.max(i, 0), S - 1); document.getElementById('step').value = state.step; renderAll(); }
 function setPixel(p, pin) { state.px = p; if (pin) state.pinned = p; drawOverlay(); renderSources(); }
