@@ -16,7 +16,8 @@ V="patchdb validate $IDX/fm60k-full.h5 -s fashion-mnist-resnet-zeros --min-r2 0 
 $V --seed 0  --seeds 10 -b 10 --label all --exact-samples "$OUT/exact-cond-seeds0-9.h5"   --json-out "$OUT/v2-cond-cap05-seeds0-9.json" & pid=$!
 $V --seed 10 --seeds 10 -b 10 --label all --exact-samples "$OUT/exact-cond-seeds10-19.h5" --json-out "$OUT/v2-cond-cap05-seeds10-19.json"
 wait $pid
-# unconditional: ~20 CPU-minutes of exact sampling per seed; two 1-thread runs side by side at a time
+# unconditional: ~20 CPU-minutes of exact sampling per seed; one run after another here (the runs quoted
+# went two side by side, one per core)
 for range in 0:2 2:2 4:2 6:2 8:1 9:2 11:2 13:4 17:3; do
     s=${range%:*}; n=${range#*:}; last=$((s + n - 1))
     tag=$([ "$n" = 1 ] && echo "seed$s" || echo "seeds$s-$last")
