@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from patchdb.data import Dataset, _read_idx, check_images, dataset_names, load_dataset
+from patchdb.data import Dataset, check_images, dataset_names, load_dataset
+from patchdb.data.idx import read_idx as _read_idx
 from patchdb.errors import PatchdbError, PatchdbFileError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
