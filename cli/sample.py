@@ -6,12 +6,15 @@ import time
 from pathlib import Path
 
 import click
+import torch
 
 from patchdb.denoisers.exact import ExactMachine
 from patchdb.denoisers.factory import make_denoiser
+from patchdb.errors import PatchdbError
 from patchdb.generate import generate, sample_labels
 from patchdb.indexing.reader import open_index
 from patchdb.plots import save_grid
+from patchdb.runs.seeds import seeds_option
 from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
 from patchdb.store import check_writable, write_samples
@@ -29,7 +32,8 @@ DEFAULT_SCHEDULE = "mnist-resnet-zeros"
               help="Preset name, constant:K, a comma list (scales[0] = lowest noise first) or a .json/.txt file "
                    f"(default: with --index the schedule the file records, else {DEFAULT_SCHEDULE}).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the schedule's length).")
-@click.option("--num", "-n", type=click.IntRange(min=1), default=16, help="Number of samples.")
+@click.option("--num", "-n", type=click.IntRange(min=1), default=None, help="Number of samples (default 16): short for --seeds SEED-(SEED+num-1).")
+@click.option("--seeds", default=None, help="Seeds to sample, EDM style: 0-49999,60-70 (one sample per seed; with --out FOLDER).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, help="Samples per batch.")
 @click.option("--seed", type=int, default=0, help="Sample j starts from the noise of seed + j.")
 @click.option("--label", default=None, help="Condition on this class label, or 'all' to cycle through the classes.")
@@ -37,15 +41,39 @@ DEFAULT_SCHEDULE = "mnist-resnet-zeros"
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Compute precision.")
 @click.option("--block-mb", type=click.FloatRange(min=0.01), default=4.0, help="Size of one block of logits in MiB (bounds memory; small blocks stay in cache).")
 @click.option("--save-trajectory", is_flag=True, help="Also store the denoiser output of every step.")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default="samples.h5", help="Output HDF5 file (a PNG grid goes beside it).")
+@click.option("--out", "-o", type=click.Path(), default="samples.h5",
+              help="Output: a .h5 file (one file, a PNG grid beside it) or a run folder of shards (resumable; patchdb export/report read it).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Run folder: samples per shard file (default: 64 rounded up to a multiple of --batch-size).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="Run folder: local worker processes, each with its share of the threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Run folder: threads per worker (default: the cores / --workers).")
+@click.option("--ray", "ray_address", default=None, help="Run folder: compute on a Ray cluster, 'auto' or HOST:PORT (pip install \"patchdb[ray]\").")
+@click.option("--force", is_flag=True, help="Run folder: start over, deleting the folder's shards, even if its settings differ.")
 @click.option("--index", "index_file", type=click.Path(dir_okay=False), default=None,
               help="Sample with the approximate (top-K) engine over this index file (patchdb build); dataset options are ignored.")
 @click.option("--exact", is_flag=True, help="With --index: run the exact engine on the images stored in the file.")
 @retrieval_options()
-def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num,
-            batch_size, seed, label, device, dtype, block_mb, save_trajectory, out, index_file, exact, topk, nprobe,
-            ef, k_factor, tail_correction, scan_cap):
-    """Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS), or the top-K engine with --index."""
+def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num, seeds,
+            batch_size, seed, label, device, dtype, block_mb, save_trajectory, out, shard_size, workers, threads,
+            ray_address, force, index_file, exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap):
+    """Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS), or the top-K engine with --index.
+
+    With --out ending in .h5 all samples go to one file; any other --out is a run folder: the seeds are
+    cut into shards written as they finish, and rerunning the same command resumes the run.
+    """
+    if not str(out).endswith(".h5"):
+        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap).to_dict()
+        if index_file is None:  # checks the dataset options (and downloads) once, in this process
+            load_from_options(dataset, root, split, download, limit, only_classes, policy)
+        source = ({"kind": "index", "path": index_file, "exact": exact} if index_file is not None else
+                  {"kind": "dataset", "dataset": dataset, "root": root, "split": split, "limit": limit,
+                   "only_classes": only_classes and [int(c) for c in only_classes.split(",")], "policy": policy})
+        return _sample_run(out, source, machine, schedule, steps, label, device, dtype, batch_size, block_mb,
+                           None if index_file is not None and exact else retrieval, seeds_option(seeds, num, seed),
+                           shard_size, workers, threads, ray_address, force, save_trajectory)
+    if workers > 1 or ray_address is not None or shard_size is not None:
+        raise PatchdbError("--workers, --ray and --shard-size write a run folder; give --out a folder name, not a .h5 file")
+    num, seed = _one_range(seeds_option(seeds, num, seed))
     out = check_writable(out)
     machine = Machine.parse(machine)
     dev = resolve_device(device)
@@ -105,6 +133,36 @@ def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, l
             click.echo(f"t={r['t']:.2f} k={r['k']}: ignored-mass bound up to {r['bound_max']:.1e} ({note})", err=True)
             break
     _write_outputs(out, res, list(sched.sizes), settings, seconds)
+
+
+def _one_range(seeds: list[int]) -> tuple[int, int]:
+    """(num, first seed) of a contiguous seed list: the one-file output takes nothing else."""
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise PatchdbError("a .h5 --out takes one contiguous range of seeds; give --out a folder for other seed lists")
+    return len(seeds), seeds[0]
+
+
+def _sample_run(out, source, machine, schedule, steps, label, device, dtype, batch_size, block_mb, retrieval, seeds,
+                shard_size, workers, threads, ray_address, force, save_trajectory) -> None:
+    """``sample --out FOLDER``: a resumable run folder of shards (:func:`patchdb.runs.run_samples`)."""
+    from patchdb.runs import RunSpec, open_run, run_samples
+
+    if save_trajectory:
+        raise PatchdbError("--save-trajectory writes one .h5 file; give --out a .h5 name")
+    dev = resolve_device(device)
+    if schedule is None and source["kind"] == "index":  # the schedule the index file records, as sizes
+        with open_index(source["path"]) as f:
+            schedule = ",".join(str(k) for k in f.recorded_schedule(steps).sizes)
+    spec = RunSpec(source, Machine.parse(machine).value, schedule or DEFAULT_SCHEDULE, steps, label, dtype, str(dev), batch_size,
+                   block_mb, retrieval)
+    res = run_samples(out, spec, seeds, shard_size, workers, threads, ray_address, force,
+                      echo=lambda line: click.echo(line, err=True))
+    preview = Path(out) / "preview.png"
+    if res.computed or not preview.exists():
+        save_grid(torch.from_numpy(open_run(out, verify=False).samples[:64]), preview)
+    rate = f", {res.seconds / res.computed:.2f} s/sample" if res.computed else ""
+    click.echo(f"{out}: {res.samples} samples done ({res.computed} computed now in {res.seconds:.1f} s{rate}, "
+               f"{res.shards_skipped} shards already done); preview {preview}")
 
 
 def _write_outputs(out: Path, res, schedule: list[int] | None, settings: dict, seconds: float) -> None:
