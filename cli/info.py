@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 
 import click
+import faiss
 
 from patchdb.errors import PatchdbError
 from patchdb.indexing.format import CACHE_ENV
 from patchdb.indexing.reader import open_index
+
+
+def _faiss_simd() -> str:
+    """The SIMD level of the FAISS kernels loaded in this process (1.15 dispatches at run time; older wheels
+    load one of several compiled modules, named by their level) and the levels the wheel was built with."""
+    level = faiss.SIMDConfig.get_level_name() if hasattr(faiss, "SIMDConfig") else \
+        next((m for m in ("avx512_spr", "avx512", "avx2", "sve") if hasattr(faiss, f"swigfaiss_{m}")), "generic")
+    return f"faiss {faiss.__version__} here: SIMD level {level} (built with: {faiss.get_compile_options().strip()})"
 
 
 def _mib(n: int) -> str:
@@ -43,6 +52,7 @@ def command(file, as_json, check):
                f"{len(meta['classes'])} classes, fingerprint {meta['fingerprint'][:16]}")
     click.echo(f"machine {meta['machine']}, patch sizes {meta['sizes']}; id rule: {meta['id_rule']}")
     click.echo(f"libraries: {', '.join(f'{k} {v}' for k, v in meta['libraries'].items())}")
+    click.echo(_faiss_simd())
     click.echo(f"{'k':>3} {'family':9} {'subidx':>6} {'vectors':>13} {'index':28} {'train':>7} {'nprobe':>6} {'kf':>3} "
                f"{'recall':>8} {'stored':>12} {'build s':>8}")
     for k, fams in info["sizes"].items():
