@@ -15,11 +15,26 @@ from patchdb.generate import generate, sample_labels
 from patchdb.indexing.reader import open_index
 from patchdb.plots import save_grid
 from patchdb.runs.seeds import seeds_option
-from patchdb.schedule import parse_schedule
 from patchdb.spec import Machine
-from patchdb.store import check_writable, write_samples
+from patchdb.store import claim_output, write_samples
 
-from .options import DTYPES, dataset_options, load_from_options, resolve_device, retrieval_from, retrieval_options
+from .options import (
+    DTYPES,
+    LABEL,
+    SEED,
+    FiniteFloatRange,
+    check_seed_span,
+    check_seeds,
+    dataset_options,
+    load_from_options,
+    parse_schedule_option,
+    resolve_device,
+    retrieval_from,
+    retrieval_options,
+)
+
+#: Suffixes of files sample never writes (a .h5 file or a run folder only): refused, not made into a folder.
+FILE_SUFFIXES = {".txt", ".png", ".jpg", ".jpeg", ".json", ".npz", ".npy", ".pt", ".csv", ".hdf5", ".hdf", ".zip", ".html"}
 
 #: Schedule of the exact engine when --schedule is not given.
 DEFAULT_SCHEDULE = "mnist-resnet-zeros"
@@ -35,11 +50,11 @@ DEFAULT_SCHEDULE = "mnist-resnet-zeros"
 @click.option("--num", "-n", type=click.IntRange(min=1), default=None, help="Number of samples (default 16): short for --seeds SEED-(SEED+num-1).")
 @click.option("--seeds", default=None, help="Seeds to sample, EDM style: 0-49999,60-70 (one sample per seed; with --out FOLDER).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, help="Samples per batch.")
-@click.option("--seed", type=int, default=0, help="Sample j starts from the noise of seed + j.")
-@click.option("--label", default=None, help="Condition on this class label, or 'all' to cycle through the classes.")
+@click.option("--seed", type=SEED, default=0, help="Sample j starts from the noise of seed + j (0..2**32-1).")
+@click.option("--label", type=LABEL, default=None, help="Condition on this class label, or 'all' to cycle through the classes.")
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", help="Compute precision.")
-@click.option("--block-mb", type=click.FloatRange(min=0.01), default=4.0, help="Size of one block of logits in MiB (bounds memory; small blocks stay in cache).")
+@click.option("--block-mb", type=FiniteFloatRange(min=0.01, max=2**20), default=4.0, help="Size of one block of logits in MiB (bounds memory; small blocks stay in cache).")
 @click.option("--save-trajectory", is_flag=True, help="Also store the denoiser output of every step.")
 @click.option("--out", "-o", type=click.Path(), default="samples.h5",
               help="Output: a .h5 file (one file, a PNG grid beside it) or a run folder of shards (resumable; patchdb export/report read it).")
@@ -48,7 +63,8 @@ DEFAULT_SCHEDULE = "mnist-resnet-zeros"
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Run folder: local worker processes, each with its share of the threads.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Run folder: threads per worker (default: the cores / --workers).")
 @click.option("--ray", "ray_address", default=None, help="Run folder: compute on a Ray cluster, 'auto' or HOST:PORT (pip install \"patchdb[ray]\").")
-@click.option("--force", is_flag=True, help="Run folder: start over, deleting the folder's shards, even if its settings differ.")
+@click.option("--force", is_flag=True, help="Replace an existing output: a .h5 file and its PNG, or a run folder's shards "
+                                           "(start over even if its settings differ).")
 @click.option("--index", "index_file", type=click.Path(dir_okay=False), default=None,
               help="Sample with the approximate (top-K) engine over this index file (patchdb build); dataset options are ignored.")
 @click.option("--exact", is_flag=True, help="With --index: run the exact engine on the images stored in the file.")
@@ -61,6 +77,17 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     With --out ending in .h5 all samples go to one file; any other --out is a run folder: the seeds are
     cut into shards written as they finish, and rerunning the same command resumes the run.
     """
+    if exact and index_file is None:
+        raise PatchdbError("--exact runs the exact engine on the images of an index file; add --index FILE, or drop "
+                           "--exact (without --index the exact engine is what runs)")
+    if str(out).strip() in ("", ".", "..", "/"):
+        raise PatchdbError(f"--out '{out}' names no file or folder; give a .h5 file name or a new run folder name")
+    if Path(str(out)).suffix.lower() in FILE_SUFFIXES:
+        raise PatchdbError(f"--out {out}: sample writes a .h5 file (with a PNG beside it) or a run folder; name it "
+                           f"{Path(str(out)).with_suffix('.h5')} or give a folder name without a file suffix")
+    check_seeds(seeds_option(seeds, num, seed))
+    if schedule is not None:
+        parse_schedule_option(schedule, steps)  # a bad --schedule is one line before any work
     if not str(out).endswith(".h5"):
         retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap).to_dict()
         if index_file is None:  # checks the dataset options (and downloads) once, in this process
@@ -74,7 +101,9 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     if workers > 1 or ray_address is not None or shard_size is not None:
         raise PatchdbError("--workers, --ray and --shard-size write a run folder; give --out a folder name, not a .h5 file")
     num, seed = _one_range(seeds_option(seeds, num, seed))
-    out = check_writable(out)
+    check_seed_span(seed, num)
+    out = claim_output(out, force, suffixes=(".h5",))
+    claim_output(out.with_suffix(".png"), force, what="--out (its PNG grid)")
     machine = Machine.parse(machine)
     dev = resolve_device(device)
     if index_file is not None:
@@ -82,7 +111,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
         return _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype,
                              save_trajectory, out, exact, retrieval)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
-    sched = parse_schedule(schedule or DEFAULT_SCHEDULE, steps)
+    sched = parse_schedule_option(DEFAULT_SCHEDULE if schedule is None else schedule, steps)
     sched.check_fits(data.height, data.width)
     labels = sample_labels(num, label, data.num_classes, seed)
     engine = ExactMachine(data.to_float(DTYPES[dtype]), machine, sched, labels=data.labels, device=dev,
@@ -106,7 +135,7 @@ def _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, l
                   exact, retrieval):
     """``sample --index``: the approximate engine over the file, or ``--exact`` on the images it stores."""
     with open_index(index_file) as f:
-        sched = parse_schedule(schedule, steps) if schedule else f.recorded_schedule(steps)
+        sched = parse_schedule_option(schedule, steps) if schedule is not None else f.recorded_schedule(steps)
         labels = sample_labels(num, label, len(f.meta["classes"]), seed)
         extra = {"device": dev} if exact else {"retrieval": retrieval}
         engine = make_denoiser(machine, sched, index=f, exact=exact, dtype=DTYPES[dtype], **extra)
