@@ -19,9 +19,9 @@ from patchdb.attribute import (
 )
 from patchdb.errors import PatchdbError
 from patchdb.indexing.reader import open_index
-from patchdb.store import check_writable, read_samples
+from patchdb.store import claim_output, read_samples
 
-from .options import DTYPES, parse_ints, retrieval_from, retrieval_options
+from .options import DTYPES, FiniteFloatRange, parse_ints, retrieval_from, retrieval_options
 
 
 def _reusable(out: Path, samples: Path, mass: float, max_contrib: int, rows: list[int] | None):
@@ -60,7 +60,7 @@ def _table(rows: list[dict], classes) -> str:
 @click.argument("samples", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
               help="Attribution file (default: SAMPLES.attrib.h5 beside the samples).")
-@click.option("--mass", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.9,
+@click.option("--mass", type=FiniteFloatRange(min=0.0, max=1.0, min_open=True), default=0.9,
               help="Share of each pixel's weight the stored contributors must cover.")
 @click.option("--max-contrib", "-m", type=click.IntRange(min=1, max=1024), default=8,
               help="Most contributors stored per pixel and step (the top ones, largest weight first).")
@@ -74,7 +74,7 @@ def _table(rows: list[dict], classes) -> str:
 @retrieval_options(recorded=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64",
               help="Precision of the weights (float64 agrees with SPEC.md to ~1e-9; float32 is ~2x faster).")
-@click.option("--block-mb", type=click.FloatRange(min=0.01), default=16.0, help="Size of one block of logits in MiB.")
+@click.option("--block-mb", type=FiniteFloatRange(min=0.01, max=2**20), default=16.0, help="Size of one block of logits in MiB.")
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
               help="Folder for the pictures: mosaic map, time strip, one pixel's sources (per sample).")
 @click.option("--pixel", default=None, help="Pixel 'y,x' of the per-pixel picture (default: the centre).")
@@ -82,7 +82,8 @@ def _table(rows: list[dict], classes) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Also write one self-contained HTML page to explore the attribution in a browser.")
-@click.option("--force", is_flag=True, help="With --html: overwrite an existing page.")
+@click.option("--force", is_flag=True, help="Replace existing outputs (--out of other settings, --plots pictures, the "
+                                           "--html page) and create missing folders.")
 def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, exact, topk, nprobe, ef, k_factor,
             tail_correction, scan_cap, dtype, block_mb, plots, pixel, recompute, as_json, html_path, force):
     """Which training patches made each pixel of each sample, at each step (exact, or --index).
@@ -95,7 +96,10 @@ def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_pa
     so the recomputed D is the sampler's; a D that differs is an error.
     """
     samples = Path(samples)
-    out = check_writable(out or attrib_path(samples))
+    out = Path(out or attrib_path(samples))
+    out = claim_output(out, force or out.is_file(), suffixes=(".h5",))  # an existing one: reused, or --force below
+    if plots:
+        plots = claim_output(plots, force, what="--plots", folder=True)
     if html_path:
         from patchdb.attribution_page import check_page_path
 
@@ -114,6 +118,9 @@ def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_pa
     as_drawn = index is None and not exact and all(v is None for v in knobs)
     attr = None if recompute or not as_drawn else _reusable(out, samples, mass, max_contrib, rows)
     if attr is None:
+        if out.exists() and not force:
+            raise PatchdbError(f"--out {out} already exists and holds another attribution (other samples or settings"
+                               f"{', or --recompute' if recompute else ''}); pass --force to replace it or choose another --out")
         base = None if all(v is None for v in knobs) else retrieval_from(*knobs, base=recorded_retrieval(meta))
         attr, out = attribute_file(samples, out, mass, max_contrib, rows, dataset, root, DTYPES[dtype],
                                    int(block_mb * 2**20), progress=True, index=index, retrieval=base, exact=exact)
