@@ -84,7 +84,8 @@ def lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,7 +105,7 @@ def _holder(lock: Path) -> int | None:
     if not text.isdigit():
         return -1 if age < 10 else None  # being written this very moment, or left empty by a killed run
     pid = int(text)
-    return pid if pid != os.getpid() and _pid_alive(pid) else None
+    return pid if pid != os.getpid() and pid_alive(pid) else None
 
 
 def _busy(path: Path, pid: int, what: str) -> PatchdbError:

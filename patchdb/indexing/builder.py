@@ -32,6 +32,7 @@ from ..store import (
     claimed,
     digest,
     library_versions,
+    pid_alive,
     put_array,
 )
 from . import faiss_ops as fx
@@ -129,18 +130,8 @@ def _remove_stale_temps(out: Path) -> None:
     """Temp files of killed builds (``.name.PID.tmp`` whose PID is gone) only waste disk; remove them."""
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
         pid = tmp.name[len(out.name) + 2 : -4]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _partial_dir(out: Path, fingerprint: str, config: BuildConfig) -> Path:
