@@ -57,3 +57,15 @@ def test_per_step_bad_input():
         per_step(net, {"m": machine}, (1, 4, 4), [])
     with pytest.raises(PatchdbError, match="one label per seed"):
         per_step(net, {"m": machine}, (1, 4, 4), [0, 1], labels=torch.tensor([0]))
+
+
+def test_per_step_at_some_steps_only():
+    full = per_step(net, {"m": machine}, (1, 6, 6), [0, 1], 5)
+    part = per_step(net, {"m": machine}, (1, 6, 6), [0, 1], 5, at_steps=[5, 2])
+    for i in (5, 2):
+        assert torch.equal(part.r["m"][i - 1], full.r["m"][i - 1])
+    assert bool(torch.isnan(part.r["m"][[0, 2, 3]]).all())
+    assert [row["step"] for row in part.rows()] == [5, 2]
+    assert part.to_dict()["per_seed_r"]["m"][0] == [None, None]
+    with pytest.raises(PatchdbError, match="sampler steps 1..5"):
+        per_step(net, {"m": machine}, (1, 6, 6), [0], 5, at_steps=[6])

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import PatchdbError
 from ..sampler import Denoiser, ddim_sample, initial_noise
 from ..store import atomic_write
+from .exactcheck import format_compare_check
 from .metrics import pearson
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,6 @@ def format_table(cmp: Comparison) -> str:
     lines.append("r: Pearson correlation over all pixels and channels with the network's sample; r^2: its square;")
     lines.append("beats IS: fraction of seeds where the machine's r^2 exceeds the IS machine's r^2.")
     if cmp.exact_check is not None:
-        from .exactcheck import format_compare_check
-
         lines.append(format_compare_check(cmp.exact_check))
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import torch
 from ..errors import PatchdbError
 from ..sampler import Denoiser, ddim_sample, initial_noise
 from ..schedule import ScaleSchedule, alpha_sigma
+from .calibrate import cosine
 from .metrics import pearson
 
 
@@ -61,8 +62,6 @@ def calibrate_exact_check(net: Denoiser, make_approx, make_exact, shape: tuple[i
                           n: int, sizes: tuple[int, ...], steps: int = 20, labels: torch.Tensor | None = None,
                           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     """Along the network's trajectory from the first ``n`` seeds: approximate vs exact ``D_k`` per step and size."""
-    from .calibrate import cosine
-
     chosen = _check(n, seeds)
     lab = None if labels is None else labels[: len(chosen)].to(device)
     pairs = [(make_approx(ScaleSchedule((k,) * steps, name=f"constant:{k}")),

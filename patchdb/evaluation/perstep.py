@@ -13,6 +13,7 @@ final image alone: errors do not compound along the machine's own trajectory.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class PerStep:
         over seeds of r^2 and MSE."""
         out = []
         for i in range(self.steps, 0, -1):
+            if bool(torch.isnan(next(iter(self.r.values()))[i - 1]).all()):
+                continue  # a step the run did not evaluate (at_steps)
             t = i / self.steps
             a, b = alpha_sigma(t)
             row = {"step": i, "t": t, "alphabar": a * a, "sigma": b / a}
@@ -82,11 +85,16 @@ class PerStep:
             "per_step": self.rows(),
             "seeds": list(self.seeds),
             "labels": None if self.labels is None else self.labels.tolist(),
-            "per_seed_r": {name: r.tolist() for name, r in self.r.items()},
-            "per_seed_mse": {name: m.tolist() for name, m in self.mse.items()},
+            "per_seed_r": {name: _rows(r) for name, r in self.r.items()},
+            "per_seed_mse": {name: _rows(m) for name, m in self.mse.items()},
             "settings": self.settings,
             "note": "per_seed tables: row i-1 is sampler step i (time i/S), lowest noise first; per_step rows: highest noise first",
         }
+
+
+def _rows(table: torch.Tensor) -> list[list[float | None]]:
+    """A table as JSON rows; steps that were not evaluated (NaN) become null."""
+    return [[None if math.isnan(v) else v for v in row] for row in table.tolist()]
 
 
 def per_step(
@@ -100,8 +108,12 @@ def per_step(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    at_steps: list[int] | None = None,
 ) -> PerStep:
     """Feed the network's own DDIM trajectory to every machine and compare the denoised images per step.
+
+    ``at_steps`` (default: every step) evaluates the machines only at those steps ``i`` in 1..S (their rows
+    stay NaN elsewhere): the network still runs its whole trajectory, the machines cost only where asked.
 
     Parameters
     ----------
@@ -119,9 +131,12 @@ def per_step(
         raise PatchdbError("the per-step protocol needs at least one machine")
     if labels is not None and len(labels) != len(seeds):
         raise PatchdbError(f"got {len(labels)} labels for {len(seeds)} seeds; give one label per seed")
-    r = {name: torch.zeros(steps, len(seeds), dtype=torch.float64) for name in machines}
-    mse = {name: torch.zeros(steps, len(seeds), dtype=torch.float64) for name in machines}
-    bar = tqdm(total=len(seeds) * steps, desc="per-step", unit="step", disable=not progress)
+    chosen = set(range(1, steps + 1)) if not at_steps else {int(i) for i in at_steps}
+    if not chosen <= set(range(1, steps + 1)):
+        raise PatchdbError(f"--at-steps {sorted(chosen)} are not all sampler steps 1..{steps}; give steps in that range")
+    r = {name: torch.full((steps, len(seeds)), float("nan"), dtype=torch.float64) for name in machines}
+    mse = {name: torch.full((steps, len(seeds)), float("nan"), dtype=torch.float64) for name in machines}
+    bar = tqdm(total=len(seeds) * len(chosen), desc="per-step", unit="step", disable=not progress)
     try:
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
@@ -132,6 +147,8 @@ def per_step(
             def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n) -> torch.Tensor:
                 i = round(t * steps)
                 d_net = net(x, t, lab_)
+                if i not in chosen:
+                    return d_net
                 for name, machine in machines.items():
                     d_m = machine(x, t, lab_)
                     r[name][i - 1, cols] = pearson(d_net, d_m).cpu()
