@@ -13,7 +13,7 @@ from patchdb.baselines import read_config
 from patchdb.data import Dataset, dataset_family, load_dataset
 from patchdb.denoisers.retrieval import Retrieval
 from patchdb.errors import PatchdbError
-from patchdb.evaluation.factories import load_network, seed_labels
+from patchdb.evaluation.factories import load_any_network, seed_labels
 from patchdb.schedule import parse_schedule
 
 
@@ -130,7 +130,19 @@ def retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, base: 
 def network_options(f):
     """Options shared by calibrate and compare: checkpoint, seeds, labels, engine and device."""
     opts = [
-        click.option("--checkpoint", "-c", type=click.Path(), required=True, help="Checkpoint folder written by 'patchdb train'."),
+        click.option("--checkpoint", "-c", type=click.Path(), default=None,
+                     help="Checkpoint folder written by 'patchdb train' (or give --network)."),
+        click.option("--network", default=None,
+                     help="A network patchdb did not train: module:function or file.py:function returning a torch "
+                          "module, a TorchScript file, or a diffusers UNet2DModel folder (docs/networks.md)."),
+        click.option("--predict", type=click.Choice(["eps", "x0", "v"]), default=None,
+                     help="With --network: what it predicts, the noise eps, the clean image x0, or v = a eps - b x0."),
+        click.option("--net-schedule", default=None,
+                     help="With --network: its noise schedule, cosine (SPEC.md, time in [0, 1]), "
+                          "ddpm-linear[:beta0,beta1,T] (default 1e-4,0.02,1000) or a file of alphabar per timestep."),
+        click.option("--net-time", type=click.Choice(["nearest", "interp"]), default="nearest", show_default=True,
+                     help="With a discrete --net-schedule: the timestep nearest patchdb's t in log-SNR, or the "
+                          "fractional timestep interpolated between the two neighbours."),
         click.option("--num", "-n", type=click.IntRange(min=1), default=50, help="Number of seeds M."),
         click.option("--seed", type=SEED, default=0, help="Seeds are seed, seed+1, ..., seed+M-1 (0..2**32-1)."),
         click.option("--steps", type=click.IntRange(min=1), default=20, help="Sampler steps S."),
@@ -142,6 +154,8 @@ def network_options(f):
         click.option("--block-mb", type=FiniteFloatRange(min=0.01, max=2**20), default=16.0, help="Exact engine: size of one block of logits."),
         click.option("--index", type=click.Path(dir_okay=False), default=None,
                      help="Index file (patchdb build): use the approximate engine for the local machines."),
+        click.option("--exact-check", type=click.IntRange(min=0), default=0,
+                     help="With --index: also run the exact engine on the first N seeds and report r^2 approx-vs-exact."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
     ]
     f = retrieval_options()(f)
@@ -150,9 +164,18 @@ def network_options(f):
     return f
 
 
-def setup(dataset, root, split, download, limit, only_classes, policy, checkpoint, num, seed, label, device, dtype,
-          threads):
-    """Load data and network, check that they fit, and pick the seeds and labels."""
+def setup(dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
+          net_time, num, seed, label, device, dtype, threads, index=None, exact_check=0):
+    """Load data and network, check that they fit, and pick the seeds and labels.
+
+    Returns ``(device, data, net, about, seeds, labels, images)``; ``about`` describes the network
+    (:func:`patchdb.evaluation.factories.load_any_network`).
+    """
+    if exact_check and index is None:
+        raise PatchdbError("--exact-check needs --index: it compares the approximate engine with the exact one; "
+                           "add --index FILE or drop --exact-check")
+    if checkpoint is not None and network is not None:
+        raise PatchdbError("give -c/--checkpoint or --network, not both: they name the network to follow")
     if threads:
         torch.set_num_threads(threads)
     check_seed_span(seed, num)
@@ -160,11 +183,12 @@ def setup(dataset, root, split, download, limit, only_classes, policy, checkpoin
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     if checkpoint is not None:
         check_trained_on(checkpoint, data)
-    net, cfg, info = load_network(checkpoint, data.channels, data.height, data.width, dev)
+    net, about = load_any_network((data.channels, data.height, data.width), checkpoint, network, predict, net_schedule,
+                                  net_time, dev)
     seeds = list(range(seed, seed + num))
-    labels = seed_labels(num, label, cfg.conditional, data.num_classes, seed)
+    labels = seed_labels(num, label, about["conditional"], data.num_classes, seed)
     images = data.to_float(DTYPES[dtype])
-    return dev, data, net, cfg, info, seeds, labels, images
+    return dev, data, net, about, seeds, labels, images
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ and patchdb's own checkpoints wrapped each way giving the samples of loading the
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -135,7 +136,7 @@ def test_nearest_timestep_minimises_log_snr_distance(t):
 def test_interpolated_timestep_matches_log_snr(t):
     sched = parse_net_schedule("ddpm-linear:0.0001,0.02,1000", time="interp")
     tau = sched.net_time(t)
-    lo = int(math.floor(tau))
+    lo = math.floor(tau)
     snr = log_snr(sched.alphabar)
     between = float(snr[lo]) + (tau - lo) * float(snr[lo + 1] - snr[lo])
     a, b = alpha_sigma(t)
@@ -232,7 +233,8 @@ def test_weights_digest_same_for_module_and_torchscript(wrappers):
 
 
 def test_measured_receptive_field_matches_resnet_formula(wrappers, tiny_checkpoint):
-    from patchdb.baselines import load_checkpoint, receptive_field as formula
+    from patchdb.baselines import load_checkpoint
+    from patchdb.baselines import receptive_field as formula
 
     den, _ = network_denoiser(wrappers["module"], "eps", "cosine")
     assert receptive_field(den, (1, 32, 32)) == formula(load_checkpoint(tiny_checkpoint)[1]) == 7
@@ -285,3 +287,99 @@ def test_missing_diffusers_one_line(diffusers_folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(PatchdbError, match=r'pip install "patchdb\[diffusers\]"'):
         load_network_module(str(diffusers_folder))
+
+
+# ------------------------------------------------------------------------------------------------
+# through the CLI: calibrate, compare (end-to-end and per-step), --index with --exact-check
+# ------------------------------------------------------------------------------------------------
+
+
+def cli(*args):
+    from click.testing import CliRunner
+    from patchdb.cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def tiny_data_args(npz):
+    return ["--dataset", npz, "--policy", "none"]
+
+
+@pytest.mark.parametrize("network", ["diffusers", "module"])
+def test_cli_calibrate_and_compare_foreign_network(tmp_path, tiny_npz, diffusers_folder, network):
+    if network == "diffusers":
+        net = ["--network", diffusers_folder, "--predict", "eps", "--net-schedule", "ddpm-linear"]
+    else:
+        net = ["--network", "byo_nets:tiny_conv", "--predict", "x0", "--net-schedule", "ddpm-linear:0.0001,0.02,100",
+               "--net-time", "interp"]
+    common = [*tiny_data_args(tiny_npz), *net, "--steps", "4", "-n", "2", "-b", "2"]
+    cal = tmp_path / "cal.json"
+    res = cli("calibrate", *common, "--sizes", "3,5", "-o", cal)
+    assert res.exit_code == 0, res.output
+    saved = json.loads(cal.read_text())
+    assert len(saved["sizes"]) == 4 and set(saved["sizes"]) <= {3, 5}
+    assert saved["settings"]["model"]["kind"] == network and saved["settings"]["engine"] == "exact"
+    res = cli("compare", *common, "-s", cal, "--out", tmp_path / "cmp")
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert set(out["per_seed_r"]) == {"bbels", "is"} and len(out["per_seed_r"]["bbels"]) == 2
+    res = cli("compare", *common, "-s", cal, "--protocol", "per-step", "--out", tmp_path / "ps")
+    assert res.exit_code == 0, res.output
+    ps = json.loads((tmp_path / "ps" / "perstep.json").read_text())
+    assert len(ps["per_step"]) == 4 and set(ps["summary"]) == {"bbels", "is"}
+
+
+def test_cli_sizes_auto_uses_measured_receptive_field(tmp_path, tiny_npz):
+    res = cli("calibrate", *tiny_data_args(tiny_npz), "--network", "byo_nets:tiny_conv", "--predict", "eps",
+              "--net-schedule", "ddpm-linear", "--steps", "2", "-n", "1", "-o", tmp_path / "c.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c.json").read_text())["candidates"] == [3, 5]
+
+
+def test_cli_checkpoint_and_wrapped_give_same_comparison(tmp_path, tiny_checkpoint, wrappers):
+    base = ["--limit", "6", "--steps", "3", "-n", "2", "-s", "3,5,7"]
+    res = cli("compare", "-c", tiny_checkpoint, *base, "--out", tmp_path / "direct")
+    assert res.exit_code == 0, res.output
+    direct = json.loads((tmp_path / "direct" / "compare.json").read_text())["per_seed_r"]
+    for kind in ("module", "torchscript"):
+        res = cli("compare", "--network", wrappers[kind], "--predict", "eps", "--net-schedule", "cosine", *base,
+                  "--out", tmp_path / kind)
+        assert res.exit_code == 0, res.output
+        wrapped = json.loads((tmp_path / kind / "compare.json").read_text())["per_seed_r"]
+        for name in direct:
+            assert np.allclose(wrapped[name], direct[name], atol=1e-6)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--predict", "eps"], "give the network to follow"),
+    (["--network", "byo_nets:tiny_conv"], "--predict"),
+    (["--network", "byo_nets:tiny_conv", "--predict", "eps", "-c", "x"], "not both"),
+    (["--network", "byo_nets:nope", "--predict", "eps", "--net-schedule", "cosine"], "has no function"),
+])
+def test_cli_network_bad_input_one_line(tmp_path, tiny_npz, args, expected):
+    res = cli("compare", *tiny_data_args(tiny_npz), *args, "-s", "3,5", "--steps", "2", "-n", "1", "--out", tmp_path / "o")
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and expected in res.output, res.output
+
+
+def test_cli_index_with_exact_check(tmp_path, tiny_npz):
+    idx = tmp_path / "i.h5"
+    res = cli("build", *tiny_data_args(tiny_npz), "--scales", "3,5", "--recall-k", "8", "--out", idx)
+    assert res.exit_code == 0, res.output
+    net = ["--network", "byo_nets:tiny_conv", "--predict", "x0", "--net-schedule", "ddpm-linear"]
+    common = [*tiny_data_args(tiny_npz), *net, "--steps", "2", "-n", "3", "--index", idx, "--exact-check", "2"]
+    # every candidate retrieved (top-K >= all windows of a Flat index): approx == exact up to rounding
+    res = cli("compare", *common, "-s", "3,5", "--topk", "100000", "--out", tmp_path / "cmp")
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    check = out["exact_check"]["machines"]["bbels"]
+    assert out["settings"]["engine"] == "approx" and out["exact_check"]["seeds"] == [0, 1]
+    assert min(check["r2_approx_vs_exact"]) > 0.9999
+    assert "approx-vs-exact" in res.output
+    res = cli("calibrate", *common, "--sizes", "3,5", "--topk", "100000", "-o", tmp_path / "cal.json")
+    assert res.exit_code == 0, res.output
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    assert cal["exact_check"]["r2_approx_vs_exact"]["min"] > 0.9999 and cal["exact_check"]["same_best_size"] == 1.0
+    res = cli("compare", *tiny_data_args(tiny_npz), *net, "-s", "3,5", "--steps", "2", "-n", "1", "--exact-check", "1",
+              "--out", tmp_path / "x")
+    assert res.exit_code == 2 and "--exact-check needs --index" in res.output
