@@ -72,9 +72,10 @@ def run_samples(
 ) -> RunSummary:
     """Compute the samples of ``seeds`` into the run folder ``folder``, skipping finished shards.
 
-    Sample ``s`` starts from the noise of seed ``s`` and is computed in a batch of exactly
-    ``spec.batch_size`` rows, so its bits depend on the settings only, not on the shard size, the
-    workers or the machines. ``on_shard`` gets ``{"shard", "seeds", "seconds", "worker"}`` per finished shard.
+    Sample ``s`` starts from the noise of seed ``s`` and is computed at row ``s % batch_size`` of a batch
+    of exactly ``spec.batch_size`` rows, so its bits depend on the settings only, not on the shard size,
+    the seed list, the workers or the machines. ``on_shard`` gets ``{"shard", "seeds", "seconds",
+    "cpu_seconds", "worker"}`` per finished shard. Progress (samples done, samples/s, ETA) goes to stderr.
     """
     echo = echo or (lambda line: print(line, file=sys.stderr))
     if not seeds:
