@@ -186,7 +186,9 @@ def test_cli_attribute_writes_file_and_pictures(tiny):
         meta = json.loads(f.attrs["metadata"])
         assert len(meta["samples_fingerprint"]) == 64 and meta["mass"] == 0.9
     assert sorted(p.name for p in plots.iterdir()) == ["sample1_mosaic.png", "sample1_pixel0_3.png", "sample1_steps.png"]
-    again = runner.invoke(main, args)
+    again = runner.invoke(main, args)  # the pictures exist: replacing them needs --force (issue 29)
+    assert again.exit_code == 2 and again.stderr.startswith("Error: --plots") and "--force" in again.stderr
+    again = runner.invoke(main, args + ["--force"])
     assert again.exit_code == 0 and "reusing" in again.stderr
 
 
@@ -220,7 +222,7 @@ def test_query_matches_brute_force_and_draws(tiny):
 @pytest.mark.parametrize("args,message", [
     (["--pixel", "0,8"], "outside the 8x8 image"),
     (["--box", "0,0,9,2"], "outside the 8x8 image"),
-    (["--size", "4"], "not a positive odd integer"),
+    (["--size", "4"], "must be odd and fit the 8x8 image"),
 ])
 def test_query_bad_input(tiny, args, message):
     base = ["query", str(tiny / "bbels.h5")] + ([] if "--size" in args else ["--size", "3"])

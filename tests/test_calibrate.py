@@ -224,7 +224,8 @@ def test_cli_default_sizes_reach_the_receptive_field(tmp_path, tiny_checkpoint):
                                     "--steps", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["candidates"] == [3, 5, 7]
-    res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--sizes", "3,five", "--out", str(out)])
+    res = CliRunner().invoke(main, ["calibrate", "-c", str(tiny_checkpoint), "--sizes", "3,five", "--out", str(out),
+                                    "--force"])  # an existing --out needs --force (issue 29): the error is the sizes'
     assert res.exit_code == 2 and "'auto'" in res.output
 
 
