@@ -52,7 +52,7 @@ PAGE_FORMAT = "patchdb-attribution-page"
 PAGE_VERSION = 1
 #: Default cap on the raw bytes of embedded training images; beyond it the images with the
 #: smallest largest-weight are left out (the page says so where one of them is listed).
-MAX_TRAIN_BYTES = 24 * 2**20
+MAX_TRAIN_BYTES = 4 * 2**20
 #: Fractional bits of the fixed-point weights (absolute error <= 2**-(WEIGHT_BITS + 1)).
 WEIGHT_BITS = 24
 #: Share of a pixel's weight the source list covers by default (the page lets a person change it).
@@ -184,7 +184,7 @@ def page_data(
     data = {
         "format": PAGE_FORMAT, "version": PAGE_VERSION,
         "title": title or f"Attribution of {b} sample{'s' if b != 1 else ''}",
-        "machine": attr.machine, "dataset": str(meta.get("dataset_name", "")),
+        "machine": attr.machine, "dataset": short_name(str(meta.get("dataset_name", ""))),
         "engine": str(meta.get("engine", "exact")), "mass": float(attr.mass),
         "C": c, "H": h, "W": w, "S": s, "B": b, "m": m,
         "steps": [int(v) for v in attr.steps], "times": [float(v) for v in attr.times],
@@ -206,6 +206,13 @@ def page_data(
         },
     }
     return data
+
+
+def short_name(name: str) -> str:
+    """A dataset name without the folders of its path (``zip:/a/b/c.zip`` -> ``c.zip``): pages get shared."""
+    if "/" not in name and "\\" not in name:
+        return name
+    return Path(name.split(":", 1)[-1] if ":" in name.split("/", 1)[0] else name).name
 
 
 def rebuild_inputs(attr: Attribution, noise: np.ndarray) -> np.ndarray:
@@ -709,14 +716,14 @@ function renderSources() {
   const why = shownW >= state.share - 1e-12 ? 'they reach the chosen ' + Math.round(100 * state.share) + ' %'
             : shown.length >= state.maxn && shown.length < all.length ? 'the list stops at ' + state.maxn + ' sources'
             : 'only the top ' + M + ' sources are stored';
-  lo.innerHTML = 'These ' + shown.length + ' source' + (shown.length === 1 ? '' : 's') + ' carry <b>' + pct(shownW) +
+  lo.innerHTML = (shown.length === 1 ? 'This source carries <b>' : 'These ' + shown.length + ' sources carry <b>') + pct(shownW) +
     '</b> of the weight (' + why + '). Left out: <b>' + pct(Math.max(0, 1 - shownW)) + '</b>' +
     (all.length > shown.length ? ' (' + pct(storedW - shownW) + ' in stored sources not listed, ' : ' (') +
     pct(Math.max(0, 1 - storedW)) + ' beyond the stored top ' + M + ').';
   lo.dataset.shown = shownW.toPrecision(9); lo.dataset.leftout = Math.max(0, 1 - shownW).toPrecision(9);
-  const v = s.denoised[step * C * P + p];
+  const vals = []; for (let c = 0; c < C; c++) vals.push(fmt(s.denoised[(step * C + c) * P + p] / 127.5 - 1, 2));
   document.getElementById('pixel-info').textContent = 'Pixel (' + y + ', ' + x + ')' + (state.pinned !== null ? ' pinned' : '') +
-    ': D = ' + fmt(v / 127.5 - 1, 3) + (C > 1 ? ' (red channel)' : '') + ' at this step' +
+    ': D = ' + (C > 1 ? '(' + vals.join(', ') + ')' : vals[0]) + ' at this step' +
     (k ? '; the dashed square is its ' + k + '×' + k + ' window' : '') + '.';
 }
 function renderAll() { renderStep(); renderSummary(); drawMap(); drawOverlay(); renderLegend(); renderSources(); }
