@@ -138,7 +138,8 @@ def estimate(rows_file, samples, nodes, cores, per_sample, n_images, gpu_tflops)
     flops = exact_flops_per_sample(s["machine"], s["schedule"], n_images, c, h, w)
     gpu_hours = samples * flops / (gpu_tflops * 1e12) / 3600
     print(f"measured: {one['describe']}, batch {one['batch']}: {one['cpu_s_per_sample']} CPU s/sample "
-          f"per single-thread worker; 1 -> 2 workers CPU efficiency {eff:.2f}")
+          f"per single-thread worker; 1 -> 2 workers CPU efficiency "
+          f"{f'{eff:.2f}' if two else '1.00 (assumed: no 2-worker row at this batch size)'}")
     print(f"cluster: {samples} samples x {cost} s / ({nodes} nodes x {cores} workers x efficiency {eff:.2f}) "
           f"= {hours:.2f} h")
     print(f"one GPU, exact engine, N = {n_images}: {flops:.3g} FLOP per sample (schedule {s['schedule']}, "
