@@ -536,7 +536,7 @@ function ramp(v, stops) {  // 0..1 -> light to dark along a sequential colour ra
 function mosaicColour(d, rank) {
   return rank < PALETTE.length ? hex(PALETTE[rank]) : [150, 150, 150];
 }
-function greyOf(s, step, p) { return s.denoised[step * C * P + p] * 0.6 + 60; }
+function greyOf(s, step, p) { return s.denoised[step * C * P + p] * 0.45 + 30; }
 function drawMap() {
   const s = cache.get(state.b); if (!s) return;
   const canvas = document.getElementById('map');
@@ -558,12 +558,14 @@ function drawMap() {
   canvas.getContext('2d').putImageData(new ImageData(px, W, H), 0, 0);
 }
 function drawHighlight(s, canvas) {
+  state.fedCount = 0;
   const px = new Uint8ClampedArray(P * 4); const step = state.step;
   for (let p = 0; p < P; p++) {
     let w = 0, fed = false;
     for (const e of entries(s, step, p)) if (e.image === state.highlight) { w += e.weight; fed = true; }
     const g = greyOf(s, step, p);
-    const a = fed ? Math.min(1, 0.25 + 0.75 * Math.sqrt(w)) : 0;
+    const a = fed ? Math.min(1, 0.65 + 0.35 * Math.sqrt(w)) : 0;
+    if (fed) state.fedCount += 1;
     px.set([g * (1 - a) + 224 * a, g * (1 - a) + 33 * a, g * (1 - a) + 138 * a, 255], p * 4);
   }
   canvas.width = W; canvas.height = H;
@@ -652,7 +654,8 @@ function renderLegend() {
   const d = derived(s, state.step);
   const add = (html) => { const div = document.createElement('div'); div.innerHTML = html; el.appendChild(div); return div; };
   if (state.highlight !== null) {
-    add('<p>Pink: pixels that <b>' + nameOf(state.highlight) + '</b> feeds at this step (stronger = more weight).</p>');
+    add('<p>Pink: the ' + state.fedCount + ' pixel' + (state.fedCount === 1 ? '' : 's') + ' that <b>' + nameOf(state.highlight) +
+        '</b> is a stored source of at this step (stronger = more weight); the rest is dimmed.</p>');
     const b = document.createElement('button'); b.textContent = 'Clear highlight (Esc)'; b.onclick = () => setHighlight(null);
     el.appendChild(b); return;
   }
