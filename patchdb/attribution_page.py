@@ -661,7 +661,8 @@ function renderLegend() {
   }
   if (state.view === 'mosaic') {
     add('<p>Each pixel coloured by the training image with the most weight on it (its windows summed). ' +
-        'Light grey: no image reaches ' + Math.round(100 * DATA.generic) + ' % of the weight (many near-identical windows share it, as on a blank background).</p>');
+        'Light grey: no image reaches ' + Math.round(100 * DATA.generic) + ' % of the weight (many near-identical windows share it, as on a blank background). ' +
+        (d.ranked.length > PALETTE.length ? 'Mid grey: the ' + (d.ranked.length - PALETTE.length) + ' images after the ' + PALETTE.length + ' listed here.' : '') + '</p>');
     const ul = document.createElement('ul'); el.appendChild(ul);
     d.ranked.slice(0, PALETTE.length).forEach((r, i) => {
       const li = document.createElement('li'); const btn = document.createElement('button');
@@ -671,7 +672,6 @@ function renderLegend() {
       btn.appendChild(document.createTextNode(nameOf(r[0]) + ' · ' + r[1] + ' px'));
       btn.onclick = () => setHighlight(r[0]); li.appendChild(btn); ul.appendChild(li);
     });
-    if (d.ranked.length > PALETTE.length) add('<p>Grey: ' + (d.ranked.length - PALETTE.length) + ' more images.</p>');
   } else if (state.view === 'copy') {
     add('<p>Weight of the sample’s main source image <b>' + (d.top >= 0 ? nameOf(d.top) : 'none') +
         '</b> at each pixel. It is the main source of <b>' + pct(d.share) + '</b> of the ' + d.specific +
@@ -716,7 +716,7 @@ function renderSources() {
   });
   const shownW = shown.length ? shown[shown.length - 1].cum : 0;
   const storedW = all.reduce((t, e) => t + e.weight, 0);
-  const why = shownW >= state.share - 1e-12 ? 'they reach the chosen ' + Math.round(100 * state.share) + ' %'
+  const why = shownW >= state.share - 1e-12 ? 'the list stops once it reaches the chosen ' + Math.round(100 * state.share) + ' %'
             : shown.length >= state.maxn && shown.length < all.length ? 'the list stops at ' + state.maxn + ' sources'
             : 'only the top ' + M + ' sources are stored';
   lo.innerHTML = (shown.length === 1 ? 'This source carries <b>' : 'These ' + shown.length + ' sources carry <b>') + pct(shownW) +
