@@ -20,6 +20,11 @@ def _faiss_simd() -> str:
     return f"faiss {faiss.__version__} here: SIMD level {level} (built with: {faiss.get_compile_options().strip()})"
 
 
+#: ``info`` checks every array's checksum by itself up to this many stored bytes (about a second); larger
+#: files are checked piece by piece as they are loaded, or all at once with --check.
+INFO_VERIFY_BYTES = 2**30
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -28,23 +33,30 @@ def _mib(n: int) -> str:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @click.option("--check", is_flag=True,
-              help="Also check every stored array (images, every FAISS index) against its checksum; opening the file "
-                   "always checks the metadata, the labels and that every piece is of one build.")
+              help="Check every stored array (images, every FAISS index) against its checksum, however large the file; "
+                   f"without it info checks them all when they hold at most {INFO_VERIFY_BYTES // 2**30} GiB. Opening "
+                   "a file always checks the metadata, the labels and that every piece is of one build.")
 def command(file, as_json, check):
     """Describe an index file built by patchdb build (refuses incomplete or foreign files)."""
     with open_index(file) as f:
         info = f.info()
+        check = check or (info["checksums"] and info["memory_to_load_bytes"] <= INFO_VERIFY_BYTES)
         if check:
             damaged = f.verify()
             if damaged:
-                more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
-                raise PatchdbError(f"{file} is damaged: checksum mismatch in {damaged[0]}{more} "
-                                   f"({', '.join(damaged[:8])}); rebuild it with patchdb build --force")
+                more = f" and {len(damaged) - 1} more ({', '.join(damaged[1:8])})" if len(damaged) > 1 else ""
+                raise PatchdbError(f"{file} is damaged: checksum mismatch in {damaged[0]}{more}; "
+                                   "rebuild it with patchdb build --force")
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
     if check:
         click.echo(f"{file}: checksums match (metadata, images, labels and every index of build {f.build_id[:12]})")
+    elif info["checksums"]:
+        click.echo(f"{file}: metadata, labels and build ids checked; images and indexes are checked as they load "
+                   "(--check: all now)")
+    else:
+        click.echo(f"{file}: no checksums (built before patchdb kept them; rebuild with --force to get them)")
     meta = info["metadata"]
     c, h, w = meta["shape"]
     click.echo(f"{info['path']}: {info['format']} v{info['format-version']}, {info['generated-by']}, created {info['creation-date']}")

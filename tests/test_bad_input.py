@@ -197,6 +197,7 @@ CASES = {
     "144-megapixel-png": (["sample", "--dataset", "{a}/big", "-s", "3", "-n", "1", "-o", "x.h5"], "PATCHDB_MAX"),
     # corruption
     "info-flipped-faiss": (["info", "{a}/idx_faiss.h5", "--check"], "sizes/k3/e0/index/0"),
+    "info-flipped-faiss-small-file": (["info", "{a}/idx_faiss.h5"], "sizes/k3/e0/index/0"),
     "info-flipped-images": (["info", "{a}/idx_images.h5", "--check"], "images"),
     "info-labels-minus-1": (["info", "{a}/idx_labels.h5"], "labels"),
     "info-mixed-build": (["info", "{a}/idx_mixed.h5"], "another build"),
