@@ -208,11 +208,12 @@ class RunFolder:
                 "bytes": path.stat().st_size, "seconds": seconds, "cpu_seconds": cpu, "worker": worker}
 
     def record(self, i: int, seeds: list[int], seconds: float, worker: str, cpu: float | None = None) -> None:
-        """A worker finished shard ``i``: checksum it, list it in the manifest, log it."""
+        """A worker finished shard ``i``: log it, checksum it, list it in the manifest. Logged first, so
+        a driver killed in between leaves a shard that is logged or adopted on rerun, never neither."""
         path = self.shard_path(i)
+        self.log(event="shard", shard=shard_name(i), seconds=round(seconds, 3), worker=worker)
         self.manifest["shards"][shard_name(i)] = self.entry(i, seeds, path, seconds, worker, cpu)
         self.save()
-        self.log(event="shard", shard=shard_name(i), seconds=round(seconds, 3), worker=worker)
 
 
 def worker_name() -> str:

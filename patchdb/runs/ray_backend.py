@@ -9,8 +9,10 @@ files or the index file) must be at the same path on every node. Ray is optional
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -76,9 +78,19 @@ def connect(ray, address: str, timeout: float | None = None) -> bool:
     thread.join(timeout)
     if "ok" in result:
         return True
+    if thread.is_alive():  # Ray's abandoned C++ client aborts the interpreter's normal shutdown
+        atexit.register(_exit_now)
     why = f"{type(result['err']).__name__}: {str(result['err']).splitlines()[0]}" if "err" in result else f"no answer in {timeout:.0f} s"
     raise PatchdbError(f"cannot join the Ray cluster at '{address}' ({why}); start one with `ray start --head` "
                        "or pass its address as --ray HOST:PORT")
+
+
+def _exit_now() -> None:
+    """Leave with exit code 2 (a refused input) before Ray's own exit handlers run (atexit is last in,
+    first out): a ray.init still blocked in its thread otherwise crashes the exit (std::bad_alloc)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _probe(address: str, timeout: float) -> None:
