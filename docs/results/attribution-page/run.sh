@@ -19,6 +19,9 @@ patchdb attribute "$WORK/mnist.h5" --samples 0,1 --out "$WORK/mnist01.attrib.h5"
 # CIFAR-10: the first 1000 images of the JPEG zip, 4 samples, a small 8-step schedule.
 # (--dataset is repeated for attribute: the zip's inner folder recorded in the sample file
 # does not reload by itself.)
+# The size and open time of a 16-sample page (README table): all samples (82 min here).
+[ -n "${ALL16:-}" ] && patchdb attribute "$WORK/mnist.h5" --dtype float32 --html "$WORK/mnist16.html" --force
+
 CIFAR=../shared/data/cifar10-jpeg.zip
 patchdb sample --dataset "$CIFAR" --limit 1000 --schedule 3,3,3,5,5,5,7,7 --steps 8 --num 4 \
   --save-trajectory --out "$WORK/cifar.h5"
