@@ -15,9 +15,10 @@ from patchdb.evaluation.merge import (
     write_merged_calibration,
     write_merged_validation,
 )
-from patchdb.store import check_writable
+from patchdb.store import claim_output
 
 PARTS = click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+FORCE = click.option("--force", is_flag=True, help="Replace an existing --out (and create a missing parent folder).")
 
 
 @click.group()
@@ -32,9 +33,11 @@ def command() -> None:
 @command.command("compare")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder: compare.json, compare.txt, scatter.png.")
+@FORCE
 @PARTS
-def compare_parts(out: Path, parts: tuple[Path, ...]) -> None:
+def compare_parts(out: Path, force: bool, parts: tuple[Path, ...]) -> None:
     """Merge the output folders of patchdb compare over disjoint seeds."""
+    out = claim_output(out, force, folder=True)
     cmp = merge_comparisons(list(parts))
     paths = write_report(cmp, out)
     click.echo(format_table(cmp))
@@ -46,10 +49,12 @@ def compare_parts(out: Path, parts: tuple[Path, ...]) -> None:
               help="Output schedule JSON (usable as --schedule); its heat map PNG goes beside it.")
 @click.option("--criterion", type=click.Choice(list(CRITERIA)), default=None,
               help="What picks each step's size (default: the first part's).")
+@FORCE
 @PARTS
-def calibrate_parts(out: Path, criterion: str | None, parts: tuple[Path, ...]) -> None:
+def calibrate_parts(out: Path, criterion: str | None, force: bool, parts: tuple[Path, ...]) -> None:
     """Merge calibration JSON files: disjoint seeds (same sizes) or the same seeds (other sizes)."""
-    check_writable(out)
+    out = claim_output(out, force, suffixes=(".json",))
+    claim_output(out.with_suffix(".png"), force, what="--out (its heat map)")
     merged = merge_calibration_files(list(parts), criterion)
     path, png = write_merged_calibration(merged, out)
     click.echo(f"schedule {','.join(str(k) for k in merged.schedule.sizes)} over seeds {merged.seeds}")
@@ -59,10 +64,11 @@ def calibrate_parts(out: Path, criterion: str | None, parts: tuple[Path, ...]) -
 @command.command("validate")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output JSON, in the form of one patchdb validate --json-out.")
+@FORCE
 @PARTS
-def validate_parts(out: Path, parts: tuple[Path, ...]) -> None:
+def validate_parts(out: Path, force: bool, parts: tuple[Path, ...]) -> None:
     """Merge the JSON of patchdb validate --json-out runs over disjoint seeds."""
-    check_writable(out)
+    out = claim_output(out, force, suffixes=(".json",))
     report = merge_validations(list(parts))
     write_merged_validation(report, out)
     click.echo(f"median r^2 {report['r2_median']:.5f} (min {report['r2_min']:.5f}) over {len(report['seeds'])} seeds")

@@ -102,3 +102,86 @@ def test_merge_validate_halves_equal_one_run(tmp_path):
     timing = ("seconds", "speedup", "seconds_per_sample")
     assert merged["settings"].pop("merged_from") == [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     assert close({k: v for k, v in one.items() if k not in timing}, {k: v for k, v in merged.items() if k not in timing})
+
+
+def _compare_parts(tmp_path, checks=None):
+    """compare outputs over seeds 0-3 (all) and halves a, b; ``checks``: --exact-check N per name."""
+    from patchdb.evaluation.exactcheck import compare_exact_check
+
+    images = tiny_images().double() / 127.5 - 1
+    net = machine_factory("bbels", images)(ScaleSchedule((3, 5)))
+    machines = {"bbels": machine_factory("bbels", images)(ScaleSchedule((3, 3))), "is": machine_factory("is", images)(None)}
+    exact = {"bbels": machine_factory("bbels", images)(ScaleSchedule((5, 3)))}  # stands in for the exact engine
+    for name, seeds in (("all", [0, 1, 2, 3]), ("a", [0, 1]), ("b", [2, 3])):
+        cmp = compare(net, machines, SHAPE, seeds, steps=2, batch_size=2, dtype=torch.float64)
+        n = (checks or {}).get(name, 0)
+        cmp.settings = {"command": "compare", "machines": list(machines), "seed": seeds[0], "num": len(seeds), "steps": 2,
+                        "exact_check": n}
+        if n:
+            cmp.exact_check = compare_exact_check(cmp.samples, exact, SHAPE, seeds, n, steps=2, dtype=torch.float64)
+        write_report(cmp, tmp_path / name)
+
+
+def test_merge_follows_the_one_overwrite_rule(tmp_path):
+    """merge compare|calibrate|validate: an existing output refused unless --force, a missing parent folder
+    refused with a mkdir hint unless --force (issue 29); nothing is written by a refusal."""
+    _compare_parts(tmp_path)
+    images = tiny_images().double() / 127.5 - 1
+    make = machine_factory("bbels", images)
+    for name, seeds in (("ca", [0]), ("cb", [1])):
+        cal = calibrate(make(ScaleSchedule((3, 3))), make, SHAPE, seeds, (1, 3), steps=2, dtype=torch.float64)
+        cal.settings = {"machine": "bbels", "seed": seeds[0], "num": 1, "steps": 2}
+        write_calibration(cal, tmp_path / f"{name}.json")
+    runner = CliRunner()
+    parts = {"compare": [str(tmp_path / "a"), str(tmp_path / "b")],
+             "calibrate": [str(tmp_path / "ca.json"), str(tmp_path / "cb.json")],
+             "validate": [str(tmp_path / "ca.json")]}  # refused before the parts are read
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "compare.json").write_text("precious")
+    (tmp_path / "old.json").write_text("precious")
+    for cmd, out in (("compare", "old"), ("calibrate", "old.json"), ("validate", "old.json")):
+        res = runner.invoke(main, ["merge", cmd, "-o", str(tmp_path / out), *parts[cmd]])
+        assert res.exit_code == 2 and "already exists" in res.output and "--force" in res.output, res.output
+        res = runner.invoke(main, ["merge", cmd, "-o", str(tmp_path / "no" / "such" / out), *parts[cmd]])
+        assert res.exit_code == 2 and "mkdir -p" in res.output, res.output
+        assert not (tmp_path / "no").exists()
+    assert (tmp_path / "old.json").read_text() == "precious" and (tmp_path / "old" / "compare.json").read_text() == "precious"
+    assert not (tmp_path / "old.png").exists()
+    res = runner.invoke(main, ["merge", "compare", "-o", str(tmp_path / "old"), "--force", *parts["compare"]])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "old" / "compare.json").read_text())["seeds"] == [0, 1, 2, 3]
+    res = runner.invoke(main, ["merge", "calibrate", "-o", str(tmp_path / "new" / "m.json"), "--force", *parts["calibrate"]])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "m.json").exists() and (tmp_path / "new" / "m.png").exists()
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*.lock"))
+
+
+def test_merge_compare_joins_exact_checks_of_other_counts(tmp_path):
+    """Parts run with --exact-check 2 and 1 merge (the count changes no per-seed number); the merged check
+    holds the parts' checked seeds, equal to one run's --exact-check over those seeds (0, 1, 2)."""
+    _compare_parts(tmp_path, {"all": 3, "a": 2, "b": 1})
+    res = CliRunner().invoke(main, ["merge", "compare", "--out", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    one, merged = (json.loads((tmp_path / d / "compare.json").read_text()) for d in ("all", "m"))
+    assert merged["exact_check"]["seeds"] == [0, 1, 2]
+    assert merged["settings"]["exact_check"] == 3
+    merged["settings"].pop("merged_from")
+    assert close(one, merged)
+    assert "exact check on seeds 0..2 (3)" in (tmp_path / "m" / "compare.txt").read_text()
+
+
+def test_merge_calibrate_keeps_each_parts_exact_check(tmp_path):
+    images = tiny_images().double() / 127.5 - 1
+    make = machine_factory("bbels", images)
+    for name, seeds, n in (("a", [0], 1), ("b", [1, 2], 0)):
+        cal = calibrate(make(ScaleSchedule((3, 3))), make, SHAPE, seeds, (1, 3), steps=2, dtype=torch.float64)
+        cal.settings = {"machine": "bbels", "seed": seeds[0], "num": len(seeds), "steps": 2, "exact_check": n}
+        if n:
+            cal.exact_check = {"seeds": seeds[:n], "r2_approx_vs_exact": {"median": 1.0}}
+        write_calibration(cal, tmp_path / f"{name}.json")
+    res = CliRunner().invoke(main, ["merge", "calibrate", "-o", str(tmp_path / "m.json"), str(tmp_path / "a.json"),
+                                    str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["seeds"] == [0, 1, 2] and merged["settings"]["exact_check"] == 1
+    assert merged["exact_check"]["parts"] == [{"seeds": [0], "r2_approx_vs_exact": {"median": 1.0}, "part": str(tmp_path / "a.json")}]

@@ -96,6 +96,26 @@ def calibrate_exact_check(net: Denoiser, make_approx, make_exact, shape: tuple[i
     }
 
 
+def merge_compare_checks(checks: list[dict | None]) -> dict | None:
+    """The comparison exact checks of runs split by seed as one: the parts' per-seed rows joined and the
+    summaries recomputed (parts without a check, ``--exact-check 0``, add no seeds). None: no part has one."""
+    checks = [c for c in checks if c]
+    if not checks:
+        return None
+    machines = list(checks[0]["machines"])
+    if any(list(c["machines"]) != machines for c in checks):
+        raise PatchdbError("the parts' exact checks cover different machines; merge parts of one run only")
+    out: dict = {"seeds": [s for c in checks for s in c["seeds"]], "machines": {}}
+    for name in machines:
+        row = {key: [v for c in checks for v in c["machines"][name][key]]
+               for key in ("r2_approx_vs_exact", "r2_exact_vs_net", "r2_approx_vs_net")}
+        row.update({short: _stats(np.asarray(row[key])) for short, key in (
+            ("approx_vs_exact", "r2_approx_vs_exact"), ("exact_vs_net", "r2_exact_vs_net"),
+            ("approx_vs_net", "r2_approx_vs_net"))})
+        out["machines"][name] = row
+    return out
+
+
 def format_compare_check(check: dict) -> str:
     """Lines for the comparison table: per machine, median r^2 approx-vs-exact and each engine's r^2 with the network."""
     head = (f"exact check on seeds {check['seeds'][0]}..{check['seeds'][-1]} ({len(check['seeds'])}): "

@@ -18,11 +18,14 @@ from ..errors import PatchdbError
 from ..store import atomic_write
 from .calibrate import Calibration, merge_calibrations, read_calibration, write_calibration
 from .compare import Comparison
+from .exactcheck import merge_compare_checks
 from .metrics import median
 
 #: Settings that may differ between parts: where they start, how many seeds, how they were batched
-#: and run, how long they took, and where exact samples were kept (a cache).
-FREE = {"seed", "num", "batch_size", "seconds", "exact_samples", "device", "threads", "merged_from"}
+#: and run, how long they took, where exact samples were kept (a cache), and on how many of a part's
+#: first seeds the exact engine was also run (``--exact-check N``: a diagnostic beside the run that
+#: changes none of its per-seed numbers; the merged check joins the parts' checked seeds).
+FREE = {"seed", "num", "batch_size", "seconds", "exact_samples", "device", "threads", "merged_from", "exact_check"}
 
 
 def _check_same(settings: list[dict], names: list[str]) -> None:
@@ -78,7 +81,11 @@ def merge_comparisons(folders: list[Path]) -> Comparison:
     if any(has_labels) and not all(has_labels):
         raise PatchdbError("some parts are class-conditional and some not; merge parts of one run only")
     labels = torch.tensor([v for p in parts for v in p["labels"]]) if all(has_labels) else None
-    return Comparison(seeds, labels, {}, r, _merged_settings([p["settings"] for p in parts], seeds, names))
+    settings = _merged_settings([p["settings"] for p in parts], seeds, names)
+    check = merge_compare_checks([p.get("exact_check") for p in parts])
+    if "exact_check" in settings:
+        settings["exact_check"] = 0 if check is None else len(check["seeds"])
+    return Comparison(seeds, labels, {}, r, settings, exact_check=check)
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,9 +96,15 @@ def merge_comparisons(folders: list[Path]) -> Comparison:
 def merge_calibration_files(paths: list[Path], criterion: str | None = None) -> Calibration:
     """One calibration from ``patchdb calibrate`` JSON files (more seeds, or more sizes: see
     :func:`patchdb.evaluation.calibrate.merge_calibrations`)."""
-    cals = [read_calibration(_read_json(p), str(p)) for p in paths]
+    raw = [_read_json(p) for p in paths]
+    cals = [read_calibration(data, str(p)) for data, p in zip(raw, paths)]
     merged = merge_calibrations(cals, criterion)
     merged.settings["merged_from"] = [str(p) for p in paths]
+    # --exact-check may differ between parts: its summaries cannot be joined, so each part's is kept
+    checks = [dict(data["exact_check"], part=str(p)) for data, p in zip(raw, paths) if data.get("exact_check")]
+    if "exact_check" in merged.settings or checks:
+        merged.settings["exact_check"] = sum(len(c["seeds"]) for c in checks)
+    merged.exact_check = {"parts": checks} if checks else None
     return merged
 
 
