@@ -5,12 +5,13 @@ import math
 
 import torch
 from click.testing import CliRunner
-
 from patchdb.cli.main import main
+
 from patchdb.data import Dataset
 from patchdb.denoisers.factory import make_denoiser
 from patchdb.evaluation.calibrate import calibrate, write_calibration
 from patchdb.evaluation.compare import compare, write_report
+from patchdb.evaluation.exactcheck import compare_exact_check
 from patchdb.evaluation.factories import machine_factory
 from patchdb.evaluation.validate import validate_engines
 from patchdb.indexing.builder import BuildConfig, build_index_file
@@ -106,8 +107,6 @@ def test_merge_validate_halves_equal_one_run(tmp_path):
 
 def _compare_parts(tmp_path, checks=None):
     """compare outputs over seeds 0-3 (all) and halves a, b; ``checks``: --exact-check N per name."""
-    from patchdb.evaluation.exactcheck import compare_exact_check
-
     images = tiny_images().double() / 127.5 - 1
     net = machine_factory("bbels", images)(ScaleSchedule((3, 5)))
     machines = {"bbels": machine_factory("bbels", images)(ScaleSchedule((3, 3))), "is": machine_factory("is", images)(None)}
