@@ -10,8 +10,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from patchdb.runs import RunSpec, open_run, run_samples  # noqa: E402
-from test_runs import base, ok, tiny  # noqa: E402,F401  (tiny: the module's dataset fixture)
+from test_runs import base, ok, tiny  # noqa: F401  (tiny: the module's dataset fixture)
+
+from patchdb.runs import RunSpec, open_run, run_samples
 
 
 @pytest.fixture(scope="module")
