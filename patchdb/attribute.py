@@ -224,6 +224,7 @@ def _dataset_args(meta: dict, dmeta: dict, dataset: str | None, root: str | None
         raise PatchdbError("the sample file records no dataset; pass --dataset (and --root)")
     if dataset is None and ":" in str(name) and str(name).split(":", 1)[0] in ("npz", "folder", "zip", "idx"):
         name = dmeta.get("source") or str(name).split(":", 1)[1]  # a path the samples were drawn from
+        name = str(name).split("::", 1)[0]  # a folder inside a zip is recorded as ZIP::inner/folder
     if name == "embedded":
         name = None
     if root is not None:

@@ -270,3 +270,27 @@ def test_index_with_every_candidate_equals_exact(tiny, bbels_attr):
     assert [[n["image"] for n in r["neighbours"]] for r in a] == [[n["image"] for n in r["neighbours"]] for r in b]
     res = runner.invoke(main, ["query", str(tiny / "bbels.h5"), "--size", "7", "--index", str(idx)])
     assert res.exit_code == 2 and "no index for patch sizes [7]" in res.output
+
+
+def test_cli_attribute_reloads_a_training_set_read_from_inside_a_zip(tmp_path):
+    """A zip's split folder is recorded as ZIP::inner/folder; attribute must reload it with no options."""
+    import zipfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        for split, n in (("train", 3), ("test", 1)):
+            for cls in ("a", "b"):
+                for i in range(n):
+                    png = tmp_path / f"{split}-{cls}-{i}.png"
+                    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(png)
+                    zf.write(png, f"top/{split}/{cls}/{i}.png")
+    runner = CliRunner()
+    res = runner.invoke(main, ["sample", "--dataset", str(tmp_path / "d.zip"), "--policy", "none", "-n", "1",
+                               "-s", "3,3", "--out", str(tmp_path / "s.h5")])
+    assert res.exit_code == 0, res.output
+    assert "::top/train" in read_samples(tmp_path / "s.h5")["metadata"]["dataset"]["source"]
+    res = runner.invoke(main, ["attribute", str(tmp_path / "s.h5")])
+    assert res.exit_code == 0, res.output
+    assert read_attribution(attrib_path(tmp_path / "s.h5")).ids.shape[:2] == (1, 2)  # 1 sample, 2 steps
