@@ -9,8 +9,9 @@ Approximate engine: whole 20-step DDIM samples from seeded noise (so step-to-ste
 measured as a sampler uses it), every size's indexes loaded before timing (``prepare``), per-sample
 time = wall time of the batch / batch size, split into search (FAISS), re-rank (exact logits of the
 retrieved candidates), corners (the exactly scanned families) and tail (the uniform tail sample);
-the rest (query windows, bookkeeping) is ``total - parts``. Each setting is run ``--repeat`` times
-and the median kept.
+the rest (query windows, bookkeeping) is ``total - parts``. The settings take turns, one sample
+each per repeat (a load change on a shared machine then falls on all of them), ``--repeat`` times, and
+the median is kept.
 
 Exact engine: one call per distinct size of the schedule (or of ``--exact-sizes``) at the time of the
 middle step of that size, on ``x_t`` = noised training images, times the number of steps of that size
@@ -58,7 +59,7 @@ class _Split:
     def __init__(self, engine) -> None:
         self.spent = defaultdict(float)
         self.per_size = defaultdict(float)  # k -> seconds of whole denoiser calls
-        self._wrap(retrieval_module, "search_ids", "search", original=_SEARCH_IDS)  # Retrieval.search calls it
+        _install_search_timer()
         for name, part in (("_rerank", "rerank"), ("_exact_same_position", "corners"), ("_add_tail", "tail")):
             self._wrap(engine, name, part)
         denoise = engine.denoise
@@ -72,8 +73,8 @@ class _Split:
 
         engine.denoise = timed_denoise
 
-    def _wrap(self, owner, name: str, part: str, original=None) -> None:
-        fn = original or getattr(owner, name, None)
+    def _wrap(self, owner, name: str, part: str) -> None:
+        fn = getattr(owner, name, None)
         if fn is None:
             return
 
@@ -91,25 +92,48 @@ class _Split:
         self.per_size.clear()
 
 
-def _approx_runs(f, sched, batch: int, retrieval: Retrieval, repeat: int) -> dict:
-    """Median over ``repeat`` whole samples of a batch: total and parts (seconds per batch)."""
-    engine = make_denoiser(f.machine, sched, index=f, retrieval=retrieval)
-    split = _Split(engine)
-    for k in sched.distinct():
-        engine.prepare(k)
-    runs = []
-    for r in range(repeat):
-        split.reset()
-        noise = initial_noise(list(range(r * batch, (r + 1) * batch)), (f.channels, f.height, f.width))
+_RUNNING: list = [None]  # the _Split of the engine sampling now: FAISS search is one module function
+
+
+def _install_search_timer() -> None:
+    """Time ``retrieval.search_ids`` (which ``Retrieval.search`` calls) into the running engine's split."""
+    if retrieval_module.search_ids is not _SEARCH_IDS:
+        return
+
+    def timed(*args, **kwargs):
         start = time.perf_counter()
-        ddim_sample(engine, noise, sched.steps, None)
-        total = time.perf_counter() - start
-        tail = split.spent["tail"]
-        parts = {**split.spent, "rerank": split.spent["rerank"] - tail}
-        runs.append({"total": total, **{p: parts.get(p, 0.0) for p in PARTS}, "per_size": dict(split.per_size)})
-    best = sorted(runs, key=lambda run: run["total"])[len(runs) // 2]
-    best["all_totals"] = [run["total"] for run in runs]
-    return best
+        try:
+            return _SEARCH_IDS(*args, **kwargs)
+        finally:
+            if _RUNNING[0] is not None:
+                _RUNNING[0].spent["search"] += time.perf_counter() - start
+
+    retrieval_module.search_ids = timed
+
+
+def _approx_runs(f, sched, batch: int, settings: dict[str, Retrieval], repeat: int) -> dict[str, dict]:
+    """Per setting, the median over ``repeat`` whole samples of a batch: total and parts (seconds per
+    batch). The settings take turns (one sample each, then the next repeat), so that a change in the
+    machine's load falls on all of them alike."""
+    engines = {}
+    for name, retrieval in settings.items():
+        engine = make_denoiser(f.machine, sched, index=f, retrieval=retrieval)
+        engines[name] = (engine, _Split(engine))
+        for k in sched.distinct():
+            engine.prepare(k)
+    runs = {name: [] for name in settings}
+    for r in range(repeat):
+        noise = initial_noise(list(range(r * batch, (r + 1) * batch)), (f.channels, f.height, f.width))
+        for name, (engine, split) in engines.items():
+            split.reset()
+            _RUNNING[0] = split
+            start = time.perf_counter()
+            ddim_sample(engine, noise, sched.steps, None)
+            total = time.perf_counter() - start
+            tail = split.spent["tail"]
+            parts = {**split.spent, "rerank": split.spent["rerank"] - tail}
+            runs[name].append({"total": total, **{p: parts.get(p, 0.0) for p in PARTS}, "per_size": dict(split.per_size)})
+    return {name: sorted(rs, key=lambda run: run["total"])[len(rs) // 2] for name, rs in runs.items()}
 
 
 def _exact_time(f, sched, batch: int, sizes: list[int]) -> dict[int, float]:
@@ -160,7 +184,7 @@ def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap,
                 [] if exact_sizes == "none" else sorted({int(v) for v in exact_sizes.split(",")}))
             exact_at = set(batches if exact_batches is None else (int(v) for v in exact_batches.split(",")))
             for batch in batches:
-                rows = {name: _approx_runs(f, sched, batch, ret, repeat) for name, ret in settings.items()}
+                rows = _approx_runs(f, sched, batch, settings, repeat)
                 peak_approx = _peak_gib()
                 ex = _exact_time(f, sched, batch, sizes) if sizes and batch in exact_at else {}
                 covered = [i for i in range(1, sched.steps + 1) if sched.size_at(i) in ex]
