@@ -9,9 +9,18 @@ from brute import candidates, schedule_ab, window
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchdb.denoisers.contrib import FAMILIES, contributors, cover, nearest_patches
+from patchdb.denoisers.contrib import (
+    FAMILIES,
+    _group_queries,
+    block_images,
+    contributors,
+    cover,
+    nearest_patches,
+)
 from patchdb.denoisers.factory import denoise
 from patchdb.errors import PatchdbError
+from patchdb.patches import geometry, unfold_windows
+from patchdb.spec import Machine
 
 MACHINES = ["is", "ls", "els", "bbels"]
 
@@ -126,6 +135,45 @@ def test_nearest_patches_are_nearest_windows():
         p = y * 8 + xx
         np.testing.assert_allclose(dist[0, p].numpy(), [v for v, _ in d], atol=1e-9)
         assert ids[0, p].tolist() == [i for _, i in d]
+
+
+@pytest.mark.parametrize("machine,k", [("bbels", 7), ("ls", 5), ("els", 7)])
+def test_nearest_patches_blocked_equal_one_block_and_brute_force(machine, k):
+    """Large windows (the size of the image, where the windows, not the logits, fill a block): one image
+    per block, a few, or all in one block give the same neighbours, those of a loop over every candidate."""
+    x, images = case(11 + k, n=6, batch=1)
+    runs = [nearest_patches(x, images, k, machine, n=4, block_bytes=bb) for bb in (1, 200_000, 2**40)]
+    for ids, dist, fam in runs[1:]:
+        assert torch.equal(ids, runs[0][0]) and torch.equal(fam, runs[0][2])
+        assert torch.allclose(dist, runs[0][1], atol=1e-12, rtol=0)
+    ids, dist, _ = runs[0]
+    img = x[0].numpy()
+    for y in range(8):
+        for xx in range(8):
+            query = window(img, y, xx, k, machine == "els")  # ELS queries wrap around (SPEC.md)
+            d = sorted(
+                (float(np.sqrt(np.sum((query - window(phi, qy, qx, k, False)) ** 2))), n * 64 + qy * 8 + qx)
+                for n, phi in enumerate(images.numpy())
+                for qy, qx in candidates(machine, y, xx, 8, 8, k)
+            )[:4]
+            np.testing.assert_allclose(dist[0, y * 8 + xx].numpy(), [v for v, _ in d], atol=1e-9)
+            assert ids[0, y * 8 + xx].tolist() == [i for _, i in d]
+
+
+def test_a_block_of_large_windows_stays_within_its_budget():
+    """query --size 31 on 32x32 images: a block takes about block_bytes, not the whole training set's
+    windows (issue 29: one block of 2,000 images was a 7.9 GB unfold)."""
+    geom = geometry(Machine.BBELS, 31, 32, 32)
+    queries = unfold_windows(torch.zeros(1, 1, 32, 32), 31, geom.query_padding)
+    accs = [_group_queries(queries, g, 5, 1) for g in geom.groups]
+    budget = 16 * 2**20
+    step = block_images(budget, accs, geom.groups, 1, 31, 32, 32, 4)
+    assert 1 <= step <= 2
+    assert step * (31 * 31 * 32 * 32 * 4) <= budget  # the unfold of one block's windows
+    assert block_images(1, accs, geom.groups, 1, 31, 32, 32, 4) == 1
+    small = geometry(Machine.BBELS, 3, 32, 32)
+    q3 = unfold_windows(torch.zeros(1, 1, 32, 32), 3, small.query_padding)
+    assert block_images(budget, [_group_queries(q3, g, 5, 1) for g in small.groups], small.groups, 1, 3, 32, 32, 4) >= 4
 
 
 def test_bad_arguments():
