@@ -31,9 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PatchdbError
-from ..sampler import Denoiser, ddim_sample, ddim_step, initial_noise
+from ..sampler import Denoiser, ddim_sample, ddim_step
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size
 from ..store import atomic_write
+from .batches import seed_batches
 from .metrics import pearson
 
 log = logging.getLogger(__name__)
@@ -180,12 +181,8 @@ def calibrate(
     rollout = torch.zeros_like(table) if criterion == "rollout" else None
     bar = tqdm(total=len(seeds) * steps, desc="calibrating", unit="step", disable=not progress)
     try:
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start : start + batch_size]
-            n = len(chunk)
-            cols = slice(start, start + n)
-            lab = None if labels is None else labels[cols].to(device)
-            noise = initial_noise(chunk, shape, dtype).to(device)
+        for cols, lab, noise in seed_batches(seeds, labels, batch_size, shape, dtype, device):
+            n = len(noise)
             finals: list[torch.Tensor] = [None] * steps  # step i-1 -> (K, n, C, H, W) rollout final images
 
             def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n, finals=finals) -> torch.Tensor:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import PatchdbError
-from ..sampler import Denoiser, ddim_sample, initial_noise
+from ..sampler import Denoiser, ddim_sample
 from ..store import atomic_write
+from .batches import check_runs, seed_batches
 from .exactcheck import format_compare_check
 from .metrics import pearson
 
@@ -99,22 +99,14 @@ def compare(
     -------
     :class:`Comparison`; samples on the CPU, r in float64.
     """
-    if not seeds:
-        raise PatchdbError("comparison needs at least one seed")
-    if not machines:
-        raise PatchdbError("comparison needs at least one machine")
-    if labels is not None and len(labels) != len(seeds):
-        raise PatchdbError(f"got {len(labels)} labels for {len(seeds)} seeds; give one label per seed")
+    check_runs("comparison", seeds, machines, labels)
     names = ["net", *machines]
     denoisers = {"net": net, **machines}
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     bar = tqdm(total=len(seeds) * steps * len(names), desc="comparing", unit="step", disable=not progress)
     try:
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start : start + batch_size]
-            lab = None if labels is None else labels[start : start + len(chunk)].to(device)
-            noise = initial_noise(chunk, shape, dtype).to(device)
-            n = len(chunk)
+        for _, lab, noise in seed_batches(seeds, labels, batch_size, shape, dtype, device):
+            n = len(noise)
             for name in names:
                 res = ddim_sample(denoisers[name], noise.clone(), steps, lab,
                                   callback=lambda info, n=n: bar.update(n))

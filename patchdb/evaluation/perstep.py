@@ -22,9 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PatchdbError
-from ..sampler import Denoiser, ddim_sample, initial_noise
+from ..sampler import Denoiser, ddim_sample
 from ..schedule import alpha_sigma
 from ..store import atomic_write
+from .batches import check_runs, seed_batches
 from .metrics import pearson
 
 PROTOCOLS = ("end-to-end", "per-step")
@@ -125,12 +126,7 @@ def per_step(
     -------
     :class:`PerStep` with (S, M) float64 tables of Pearson r and MSE per machine.
     """
-    if not seeds:
-        raise PatchdbError("the per-step protocol needs at least one seed")
-    if not machines:
-        raise PatchdbError("the per-step protocol needs at least one machine")
-    if labels is not None and len(labels) != len(seeds):
-        raise PatchdbError(f"got {len(labels)} labels for {len(seeds)} seeds; give one label per seed")
+    check_runs("the per-step protocol", seeds, machines, labels)
     chosen = set(range(1, steps + 1)) if not at_steps else {int(i) for i in at_steps}
     if not chosen <= set(range(1, steps + 1)):
         raise PatchdbError(f"--at-steps {sorted(chosen)} are not all sampler steps 1..{steps}; give steps in that range")
@@ -138,11 +134,8 @@ def per_step(
     mse = {name: torch.full((steps, len(seeds)), float("nan"), dtype=torch.float64) for name in machines}
     bar = tqdm(total=len(seeds) * len(chosen), desc="per-step", unit="step", disable=not progress)
     try:
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start : start + batch_size]
-            cols = slice(start, start + len(chunk))
-            lab = None if labels is None else labels[cols].to(device)
-            n = len(chunk)
+        for cols, lab, noise in seed_batches(seeds, labels, batch_size, shape, dtype, device):
+            n = len(noise)
 
             def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n) -> torch.Tensor:
                 i = round(t * steps)
@@ -156,7 +149,7 @@ def per_step(
                 bar.update(n)
                 return d_net
 
-            ddim_sample(probe, initial_noise(chunk, shape, dtype).to(device), steps, lab)
+            ddim_sample(probe, noise, steps, lab)
     finally:
         bar.close()
     return PerStep(list(seeds), None if labels is None else labels.cpu(), r, mse)
