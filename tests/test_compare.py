@@ -19,16 +19,6 @@ from patchdb.schedule import ScaleSchedule
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from patchdb.baselines import ModelConfig, TrainConfig, train
-
-    out = tmp_path_factory.mktemp("ck") / "net"
-    train(ModelConfig(width=4, depth=1, emb_dim=8), TrainConfig(epochs=1, batch_size=8, ema=0),
-          torch.rand(8, 1, 32, 32) * 2 - 1, None, out)
-    return out
-
-
 def tiny_set(n=6, size=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, size, size, generator=g) * 2 - 1

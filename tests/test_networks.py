@@ -35,16 +35,6 @@ SIZE = 8  # the diffusers network's images
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from patchdb.baselines import ModelConfig, TrainConfig, train
-
-    out = tmp_path_factory.mktemp("ck") / "net"
-    train(ModelConfig(width=4, depth=1, emb_dim=8), TrainConfig(epochs=1, batch_size=8, ema=0),
-          torch.rand(8, 1, 32, 32) * 2 - 1, None, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def wrappers(tiny_checkpoint, tmp_path_factory):
     """The checkpoint as ``file.py:function`` and as a TorchScript file."""
     from patchdb.baselines import load_checkpoint
