@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
 # Approximate against exact engine: time per call and per sample at N = 10,000 and 60,000.
-# Reproduces the figures of docs/results/approx-speed/README.md. Run from anywhere: paths are relative to
-# the repository root. Data: ../shared/data (the project's copy); on your machine pass --download
-# (torchvision fetches MNIST / Fashion-MNIST) or point DATA at your own copy.
-# Outputs go to $OUT (default runs/approx-speed); wall times in the comments are the project's 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/approx-speed}
-mkdir -p "$OUT"
+# Reproduces the figures of docs/results/approx-speed/README.md (paths, DATA, OUT, wall times: ../common.sh).
+. "$(dirname "$0")/../common.sh"
 export OMP_NUM_THREADS=1
 # the index files of docs/results/index-build-fashion/run.sh
 IDX=${IDX:-runs/index-build-fashion}

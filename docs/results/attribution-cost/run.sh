@@ -1,28 +1,21 @@
 #!/usr/bin/env bash
 # Attribution: copy check (IS against bbELS), time and storage, approximate attribution at N = 10,000 and 60,000.
-# Reproduces the figures of docs/results/attribution-cost/README.md. Run from anywhere: paths are relative to
-# the repository root. Data: ../shared/data (the project's copy); on your machine pass --download
-# (torchvision fetches MNIST / Fashion-MNIST) or point DATA at your own copy.
-# Outputs go to $OUT (default runs/attribution-cost); wall times in the comments are the project's 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/attribution-cost}
-mkdir -p "$OUT"
+# Reproduces the figures of docs/results/attribution-cost/README.md (paths, DATA, OUT, wall times: ../common.sh).
+. "$(dirname "$0")/../common.sh"
 export OMP_NUM_THREADS=1
 REPO=$(pwd)
 DATA=$(cd "$DATA" && pwd)
 cd "$OUT"
 # copy check: embedded MNIST (2,000 images) and Fashion-MNIST (first 5,000)
-patchdb sample --machine is --num 4 --save-trajectory --out is2000.h5
-patchdb sample --machine bbels --schedule mnist-resnet-zeros --num 4 --save-trajectory --out bbels2000.h5
+patchdb sample --machine is --num 4 --save-trajectory --out is2000.h5 $FORCE
+patchdb sample --machine bbels --schedule mnist-resnet-zeros --num 4 --save-trajectory --out bbels2000.h5 $FORCE
 F="--dataset fashion-mnist --root $DATA/fashion-mnist --limit 5000"
-patchdb sample $F --machine bbels --schedule fashion-mnist-resnet-zeros --num 2 --save-trajectory --out fbbels5k.h5
-patchdb sample $F --machine is --num 2 --save-trajectory --out fis5k.h5
-patchdb attribute is2000.h5 --json --plots plots_is2000 > is2000.json
-patchdb attribute bbels2000.h5 --dtype float32 --json --plots plots_bbels2000 > bbels2000.json
-patchdb attribute fis5k.h5 --dtype float32 --json --plots plots_fis5k > fis5k.json
-patchdb attribute fbbels5k.h5 --samples 0 --dtype float32 --json --plots plots_fbbels5k > fbbels5k.json
+patchdb sample $F --machine bbels --schedule fashion-mnist-resnet-zeros --num 2 --save-trajectory --out fbbels5k.h5 $FORCE
+patchdb sample $F --machine is --num 2 --save-trajectory --out fis5k.h5 $FORCE
+patchdb attribute is2000.h5 --json --plots plots_is2000 $FORCE > is2000.json
+patchdb attribute bbels2000.h5 --dtype float32 --json --plots plots_bbels2000 $FORCE > bbels2000.json
+patchdb attribute fis5k.h5 --dtype float32 --json --plots plots_fis5k $FORCE > fis5k.json
+patchdb attribute fbbels5k.h5 --samples 0 --dtype float32 --json --plots plots_fbbels5k $FORCE > fbbels5k.json
 cd "$REPO"
 # approximate attribution, constant:3 schedule, N = 10,000 and 60,000 (builds the two index files first)
 python benchmarks/attribute.py --dataset fashion-mnist --root "$DATA" --n 10000 --n 60000 \

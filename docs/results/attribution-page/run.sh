@@ -12,7 +12,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # MNIST: the embedded set (first 500 images), 16 samples, the paper's 20-step ResNet schedule;
 # samples 0 and 1 attributed for the screenshots (all 16: drop --samples, ~16x the time).
-patchdb sample --limit 500 --num 16 --save-trajectory --out "$WORK/mnist.h5"
+patchdb sample --limit 500 --num 16 --save-trajectory --out "$WORK/mnist.h5" --force
 patchdb attribute "$WORK/mnist.h5" --samples 0,1 --out "$WORK/mnist01.attrib.h5" --dtype float32 \
   --html "$WORK/mnist01.html" --force
 
@@ -24,7 +24,7 @@ patchdb attribute "$WORK/mnist.h5" --samples 0,1 --out "$WORK/mnist01.attrib.h5"
 
 CIFAR=../shared/data/cifar10-jpeg.zip
 patchdb sample --dataset "$CIFAR" --limit 1000 --schedule 3,3,3,5,5,5,7,7 --steps 8 --num 4 \
-  --save-trajectory --out "$WORK/cifar.h5"
+  --save-trajectory --out "$WORK/cifar.h5" --force
 patchdb attribute "$WORK/cifar.h5" --dataset "$CIFAR" --dtype float32 --html "$WORK/cifar.html" --force
 
 SHOT="python $OUT/screenshot.py"

@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
 # Exact engine: 20-step samples against a conv2d baseline, one call, distinct-window scan.
-# Reproduces the figures of docs/results/exact-engine/README.md. Run from anywhere: paths are relative to
-# the repository root. Data: ../shared/data (the project's copy); on your machine pass --download
-# (torchvision fetches MNIST / Fashion-MNIST) or point DATA at your own copy.
-# Outputs go to $OUT (default runs/exact-engine); wall times in the comments are the project's 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/exact-engine}
-mkdir -p "$OUT"
+# Reproduces the figures of docs/results/exact-engine/README.md (paths, DATA, OUT, wall times: ../common.sh).
+. "$(dirname "$0")/../common.sh"
 export OMP_NUM_THREADS=1
 # full 20-step bbELS samples, batch 8, against benchmarks/conv_baseline.py (timed on 250 images, scaled)
 python benchmarks/exact.py sample --root "$DATA/mnist-t10k" --sizes 2000 --clock cpu --baseline-n 250 | tee "$OUT/sample-2000.txt"

@@ -1,19 +1,12 @@
 #!/usr/bin/env bash
 # Approximate against exact samples at N = 2,000, with and without tail correction.
-# Reproduces the figures of docs/results/fm2k-validate/README.md. Run from anywhere: paths are relative to
-# the repository root. Data: ../shared/data (the project's copy); on your machine pass --download
-# (torchvision fetches MNIST / Fashion-MNIST) or point DATA at your own copy.
-# Outputs go to $OUT (default runs/fm2k-validate); wall times in the comments are the project's 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/fm2k-validate}
-mkdir -p "$OUT"
+# Reproduces the figures of docs/results/fm2k-validate/README.md (paths, DATA, OUT, wall times: ../common.sh).
+. "$(dirname "$0")/../common.sh"
 export OMP_NUM_THREADS=1
 IDX=${IDX:-runs/index-build-fashion}
 [ -f "$IDX/fm2k.h5" ] || patchdb build --dataset fashion-mnist --root "$DATA/fashion-mnist" --limit 2000 \
-    --scales fashion-mnist-resnet-zeros --out "$IDX/fm2k.h5"
+    --scales fashion-mnist-resnet-zeros --out "$IDX/fm2k.h5" $FORCE
 V="patchdb validate $IDX/fm2k.h5 -s fashion-mnist-resnet-zeros --seeds 4 --batch-size 4 --min-r2 0"
-$V --tail-correction 0    --json-out "$OUT/uncond-tail0.json"
-$V --tail-correction 1024 --json-out "$OUT/uncond-tail1024.json"
-$V --tail-correction 1024 --label all --json-out "$OUT/cond-tail1024.json"
+$V --tail-correction 0    --json-out "$OUT/uncond-tail0.json" $FORCE
+$V --tail-correction 1024 --json-out "$OUT/uncond-tail1024.json" $FORCE
+$V --tail-correction 1024 --label all --json-out "$OUT/cond-tail1024.json" $FORCE

@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
 # CIFAR-10 JPEG: one index file per size of cifar10-resnet-zeros over all 50,000 images, and per-call speed.
-# Reproduces the figures of docs/results/index-build-cifar10/README.md. Run from anywhere: paths are relative to
-# the repository root. Data: ../shared/data (the project's copy); on your machine pass --download
-# (torchvision fetches MNIST / Fashion-MNIST) or point DATA at your own copy.
-# Outputs go to $OUT (default runs/index-build-cifar10); wall times in the comments are the project's 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/index-build-cifar10}
-mkdir -p "$OUT"
+# Reproduces the figures of docs/results/index-build-cifar10/README.md (paths, DATA, OUT, wall times: ../common.sh).
+. "$(dirname "$0")/../common.sh"
 export OMP_NUM_THREADS=1
 # 6,760 s of one-thread build time in all; the three runs can go side by side on separate cores
 python benchmarks/index.py build --dataset "$DATA/cifar10-jpeg.zip" --root . --scales 3,9 --keep "$OUT"

@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
 # Where the machine parts from the network: hybrid samplers, and D at t = 1.
-# Reproduces the figures of docs/results/mnist-w96d8-cpu-divergence/README.md. Run from anywhere: paths are relative to
-# the repository root. Data: ../shared/data (the project's copy); on your machine pass --download
-# (torchvision fetches MNIST / Fashion-MNIST) or point DATA at your own copy.
-# Outputs go to $OUT (default runs/mnist-w96d8-cpu-divergence); wall times in the comments are the project's 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/mnist-w96d8-cpu-divergence}
-mkdir -p "$OUT"
+# Reproduces the figures of docs/results/mnist-w96d8-cpu-divergence/README.md (paths, DATA, OUT, wall times: ../common.sh).
+. "$(dirname "$0")/../common.sh"
 D="--dataset mnist --root $DATA/mnist-t10k --split test"
 CK=checkpoints/mnist-resnet-zeros-w96d8-cpu
 # ~30 min per mode, 1 thread

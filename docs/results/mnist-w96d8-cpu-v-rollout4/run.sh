@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
 # The v-parametrised ResNet 96 x 8 with the epsilon network's 4-seed rollout schedule (seeds 0-99).
-# Reproduces the figures of docs/results/mnist-w96d8-cpu-v-rollout4/README.md. Run from anywhere: paths are relative to
-# the repository root. Data: ../shared/data (the project's copy); on your machine pass --download
-# (torchvision fetches MNIST / Fashion-MNIST) or point DATA at your own copy.
-# Outputs go to $OUT (default runs/mnist-w96d8-cpu-v-rollout4); wall times in the comments are the project's 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/mnist-w96d8-cpu-v-rollout4}
-mkdir -p "$OUT"
+# Reproduces the figures of docs/results/mnist-w96d8-cpu-v-rollout4/README.md (paths, DATA, OUT, wall times: ../common.sh).
+. "$(dirname "$0")/../common.sh"
 D="--dataset mnist --root $DATA/mnist-t10k --split test"
 CKV=checkpoints/mnist-resnet-zeros-v-w96d8-cpu
 # training (59:00 wall, 2 threads); the committed checkpoint is what the figures used. Retrain into $OUT:
@@ -17,18 +10,10 @@ CKV=checkpoints/mnist-resnet-zeros-v-w96d8-cpu
 S=checkpoints/mnist-resnet-zeros-w96d8-cpu/schedule-bbels-rollout4.json
 # seeds 0-49: 46:05 / 47:03 wall side by side, 3.3 GB each
 # seeds 0..24 and 25..49, two 1-thread runs side by side
-OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 0 -b 25 --threads 1 -s $S --out "$OUT/cmp-0" & pid=$!
-OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 25 -b 25 --threads 1 -s $S --out "$OUT/cmp-25"
-wait $pid
-patchdb merge compare --out "$OUT/seeds0-49" "$OUT/cmp-0" "$OUT/cmp-25"
-cp "$OUT/cmp-0/grid.png" "$OUT/seeds0-49/"
+compare_halves seeds0-49 $S 0 25 25 -c $CKV $D
 # held out, seeds 50-99: 47:37 / 47:56 wall side by side
 # seeds 50..74 and 75..99, two 1-thread runs side by side
-OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 50 -b 25 --threads 1 -s $S --out "$OUT/cmp-50" & pid=$!
-OMP_NUM_THREADS=1 patchdb compare -c $CKV $D --num 25 --seed 75 -b 25 --threads 1 -s $S --out "$OUT/cmp-75"
-wait $pid
-patchdb merge compare --out "$OUT/seeds50-99" "$OUT/cmp-50" "$OUT/cmp-75"
-cp "$OUT/cmp-50/grid.png" "$OUT/seeds50-99/"
-patchdb merge compare --out "$OUT/seeds0-99" "$OUT/cmp-0" "$OUT/cmp-25" "$OUT/cmp-50" "$OUT/cmp-75"
+compare_halves seeds50-99 $S 50 25 25 -c $CKV $D
+patchdb merge compare --out "$OUT/seeds0-99" "$OUT/cmp-0" "$OUT/cmp-25" "$OUT/cmp-50" "$OUT/cmp-75" $FORCE
 python benchmarks/paired_compare.py docs/results/mnist-w96d8-cpu-rollout4/seeds0-49/compare.json \
     "$OUT/seeds0-49/compare.json" --names eps,v --png "$OUT/seeds0-49/paired.png"

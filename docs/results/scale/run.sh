@@ -4,11 +4,7 @@
 # Run from anywhere: paths are relative to the repository root. Data: ../shared/data (the project's copy);
 # elsewhere pass --download or point DATA at your own copy. Outputs go to $OUT (default runs/scale).
 # Wall times in the comments are the project's 2-core CPU, shared with other jobs (see README).
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-runs/scale}
-mkdir -p "$OUT"
+. "$(dirname "$0")/../common.sh"
 export OMP_NUM_THREADS=1
 
 # 1. Index of 2,000 Fashion-MNIST images, the preset's sizes 3..17 (24 min, 1 thread, on the shared machine).
@@ -66,8 +62,8 @@ patchdb report "$OUT/whole" --out "$OUT/whole-report" --force
 #    (a minute). IS over 2,000 images on 1,000 seeds (~2 min); bbELS on 1,000 seeds would take hours
 #    here, so it is not run.
 patchdb sample --dataset fashion-mnist --root "$DATA/fashion-mnist" --limit 200 -m is -s 3,3,3,5,5,5,7,7,7,7 \
-    --seeds 0-15 -b 2 --shard-size 2 --out "$OUT/is16"
+    --seeds 0-15 -b 2 --shard-size 2 --out "$OUT/is16" $FORCE
 patchdb report "$OUT/is16" --out "$OUT/is16-report" --force
 patchdb sample --dataset fashion-mnist --root "$DATA/fashion-mnist" --limit 2000 -m is -s fashion-mnist-resnet-zeros \
-    --seeds 0-999 -b 50 --out "$OUT/is1000"
+    --seeds 0-999 -b 50 --out "$OUT/is1000" $FORCE
 patchdb report "$OUT/is1000" --out "$OUT/is1000-report" --force
