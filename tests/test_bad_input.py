@@ -27,6 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from patchdb.cli.main import main
 
+from patchdb.denoisers.factory import make_denoiser
+from patchdb.errors import PatchdbError
+from patchdb.indexing.reader import IndexFile, _chunked_digest
+from patchdb.store import digest
+
 MARKER = "pwned-by-a-file"
 
 
@@ -444,3 +449,22 @@ def test_fuzz_option_values(assets, tmp_path, command):
 
     check()
     assert snapshot(assets) == assets_before
+
+
+def test_damaged_faiss_payload_is_refused_when_the_engine_is_made(assets, tmp_path):
+    """sample --index checks the FAISS payloads of the schedule's sizes when the engine is made: the one
+    line naming the damaged part comes before any progress line, and the library refuses alike."""
+    res = invoke("sample", "--index", assets / "idx_faiss.h5", "-s", "3", "-n", "1", "-o", "x.h5", cwd=tmp_path)
+    line = assert_one_line_error(res, "sizes/k3/e0/index/0")
+    assert [x for x in res.stderr.splitlines() if x.strip()] == [line], res.stderr  # nothing ran before it
+    f = IndexFile(assets / "idx_faiss.h5")
+    try:
+        with pytest.raises(PatchdbError, match="sizes/k3/e0/index/0"):
+            make_denoiser("bbels", "3,3", index=f)
+        assert f.loads == 0
+    finally:
+        f.close()
+    with IndexFile(assets / "idx.h5") as good:
+        make_denoiser("bbels", "3,3", index=good)
+        ds = good.h5["sizes/k3/e0/index/0"]
+        assert _chunked_digest(ds, chunk_bytes=7) == digest(ds[()]) == ds.attrs["sha256"]

@@ -65,7 +65,10 @@ def make_denoiser(
     ``index`` the exact engine runs on ``images``.
     """
     if index is not None and not exact:
-        return ApproxMachine(index, machine, schedule, retrieval, **options)
+        engine = ApproxMachine(index, machine, schedule, retrieval, **options)
+        # every FAISS payload the schedule will load, checked now: a damaged one is refused before sampling
+        index.verify_sizes(engine.schedule.distinct() if engine.schedule is not None else index.sizes)
+        return engine
     if index is not None:
         dtype = options.get("dtype", torch.float32)
         images = index.images().to(dtype).div_(127.5).sub_(1.0)
