@@ -32,7 +32,7 @@ from .options import DTYPES, dataset_options, network_options, retrieval_from, s
 @click.option("--force", is_flag=True, help="Replace an existing --out and its PNG (and create a missing folder).")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
             net_time, num, seed, steps, label, batch_size, device, dtype, block_mb, index, exact_check, threads, topk,
-            nprobe, ef, k_factor, tail_correction, scan_cap, machine, sizes, criterion, out, force):
+            nprobe, ef, k_factor, tail_correction, scan_cap, machine, sizes, criterion, out, force, allow_other_data):
     """Calibrate a scale schedule against a trained network (best size per step, median over seeds)."""
     out = claim_output(out, force, suffixes=(".json",))
     claim_output(out.with_suffix(".png"), force, what="--out (its heat map)")
@@ -49,7 +49,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
             raise PatchdbError(f"--sizes '{sizes}' is not a comma list of odd integers (e.g. 3,5,7) or 'auto'") from None
     dev, data, net, about, seeds, labels, images = setup(
         dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
-        net_time, num, seed, label, device, dtype, threads, index, exact_check)
+        net_time, num, seed, label, device, dtype, threads, index, exact_check, allow_other_data)
     if auto:
         candidates = list(range(3, about["receptive_field"] + 1, 2))
     candidates = check_sizes(candidates, data.height, data.width)

@@ -43,7 +43,7 @@ from .options import (
                                            "a missing parent folder).")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
             net_time, num, seed, steps, label, batch_size, device, dtype, block_mb, index, exact_check, threads, topk,
-            nprobe, ef, k_factor, tail_correction, scan_cap, machines, schedules, protocol, at_steps, out, force):
+            nprobe, ef, k_factor, tail_correction, scan_cap, machines, schedules, protocol, at_steps, out, force, allow_other_data):
     """Sample the network and each machine from the same seeds; table of median r and r^2, scatter, grid
     (--protocol per-step: r^2 and MSE of D per step on the network's own trajectory)."""
     machines = [Machine.parse(m) for m in machines]
@@ -60,7 +60,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
         raise PatchdbError("--exact-check belongs to the end-to-end protocol; drop it or --protocol per-step")
     dev, data, net, about, seeds, labels, images = setup(
         dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
-        net_time, num, seed, label, device, dtype, threads, index, exact_check)
+        net_time, num, seed, label, device, dtype, threads, index, exact_check, allow_other_data)
     for s in scheds:
         s.check_fits(data.height, data.width)
     block = int(block_mb * 2**20)

@@ -157,6 +157,11 @@ def network_options(f):
         click.option("--exact-check", type=click.IntRange(min=0), default=0,
                      help="With --index: also run the exact engine on the first N seeds and report r^2 approx-vs-exact."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
+        click.option("--allow-other-data", is_flag=True,
+                     help="Run against data other than the checkpoint's training data. Without it a network trained on "
+                          "another named dataset is refused, and for data given by path one whose recorded dataset "
+                          "fingerprint differs from the data loaded (a subset of the training files differs too: "
+                          "pass this flag when that is meant)."),
     ]
     f = retrieval_options()(f)
     for opt in reversed(opts):
@@ -165,7 +170,7 @@ def network_options(f):
 
 
 def setup(dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
-          net_time, num, seed, label, device, dtype, threads, index=None, exact_check=0):
+          net_time, num, seed, label, device, dtype, threads, index=None, exact_check=0, allow_other_data=False):
     """Load data and network, check that they fit, and pick the seeds and labels.
 
     Returns ``(device, data, net, about, seeds, labels, images)``; ``about`` describes the network
@@ -181,7 +186,7 @@ def setup(dataset, root, split, download, limit, only_classes, policy, checkpoin
     check_seed_span(seed, num)
     dev = resolve_device(device)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
-    if checkpoint is not None:
+    if checkpoint is not None and not allow_other_data:
         check_trained_on(checkpoint, data)
     net, about = load_any_network((data.channels, data.height, data.width), checkpoint, network, predict, net_schedule,
                                   net_time, dev)
@@ -273,13 +278,28 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def check_trained_on(checkpoint, data: Dataset) -> None:
-    """Refuse, in one line, a dataset other than the one a checkpoint's network was trained on (by name:
-    the named datasets, the embedded set counting as MNIST; a subset or another split of it is fine)."""
-    recorded = (read_config(checkpoint).get("dataset") or {}).get("name")
+    """Refuse, in one line, a dataset other than the one a checkpoint's network was trained on.
+
+    Named datasets are told apart by name (the embedded set counting as MNIST; a subset or another split
+    of one is fine). Data given by path has no name to compare: there the dataset fingerprint the checkpoint
+    records (when it records one) must equal the loaded data's; a subset differs as well, so the way out,
+    for data that is legitimately other, is ``--allow-other-data``.
+    """
+    info = read_config(checkpoint).get("dataset") or {}
+    recorded = info.get("name")
     trained, given = dataset_family(str(recorded)), dataset_family(data.name)
-    if trained and given and trained != given:
-        raise PatchdbError(f"the network in {checkpoint} was trained on {recorded}, not {data.name}: calibrating or "
-                           f"comparing it against another dataset means nothing; pass --dataset {recorded}")
+    if trained and given:
+        if trained != given:
+            raise PatchdbError(f"the network in {checkpoint} was trained on {recorded}, not {data.name}: calibrating or "
+                               f"comparing it against another dataset means nothing; pass --dataset {recorded} "
+                               "(or --allow-other-data if this is meant)")
+        return
+    want, have = info.get("fingerprint"), data.fingerprint()
+    if want and str(want) != have:
+        raise PatchdbError(f"the network in {checkpoint} was trained on {recorded} (fingerprint {str(want)[:12]}), not on "
+                           f"the data loaded, {data.name} (fingerprint {have[:12]}): pass the data it was trained on "
+                           f"(--dataset {recorded} with its --limit/--only-classes), or --allow-other-data if other data "
+                           "is meant (e.g. a subset of its training files)")
 
 
 def parse_schedule_option(text: str, steps: int | None = None, what: str = "--schedule"):

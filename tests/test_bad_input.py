@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from patchdb.cli.main import main
 
+from patchdb.data import load_dataset
 from patchdb.denoisers.factory import make_denoiser
 from patchdb.errors import PatchdbError
 from patchdb.indexing.reader import IndexFile, _chunked_digest
@@ -468,3 +469,30 @@ def test_damaged_faiss_payload_is_refused_when_the_engine_is_made(assets, tmp_pa
         make_denoiser("bbels", "3,3", index=good)
         ds = good.h5["sizes/k3/e0/index/0"]
         assert _chunked_digest(ds, chunk_bytes=7) == digest(ds[()]) == ds.attrs["sha256"]
+
+
+def test_network_trained_on_a_path_dataset_is_checked_by_fingerprint(assets, tmp_path):
+    """calibrate/compare of a checkpoint trained on data given by path: the data's fingerprint must be the
+    one the checkpoint records (one line naming both otherwise), unless --allow-other-data."""
+    g = np.random.default_rng(0)
+    for name in ("train", "other"):
+        np.savez(tmp_path / f"{name}.npz", images=g.integers(0, 256, (12, 32, 32), dtype=np.uint8),
+                 labels=np.arange(12) % 2)
+    ck = tmp_path / "ck"
+    shutil.copytree(assets / "ck", ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    trained_on = load_dataset(str(tmp_path / "train.npz"))
+    cfg["dataset"] = dict(cfg["dataset"], name=str(tmp_path / "train.npz"), fingerprint=trained_on.fingerprint())
+    (ck / "config.json").write_text(json.dumps(cfg))
+    other = load_dataset(str(tmp_path / "other.npz")).fingerprint()
+    run = ["-c", ck, "-n", "1", "--steps", "2"]
+    before = snapshot(tmp_path)
+    for cmd, extra in (("calibrate", ["--sizes", "3", "-o", "c.json"]), ("compare", ["-s", "3,3", "-o", "cmp"])):
+        res = invoke(cmd, *run, "--dataset", tmp_path / "other.npz", *extra, cwd=tmp_path)
+        line = assert_one_line_error(res, "--allow-other-data")
+        assert trained_on.fingerprint()[:12] in line and other[:12] in line and "other.npz" in line
+    assert snapshot(tmp_path) == before
+    ok("calibrate", *run, "--dataset", tmp_path / "train.npz", "--sizes", "3", "-o", "same.json", cwd=tmp_path)
+    ok("calibrate", *run, "--dataset", tmp_path / "other.npz", "--sizes", "3", "-o", "allowed.json", "--allow-other-data",
+       cwd=tmp_path)
+    assert (tmp_path / "same.json").exists() and (tmp_path / "allowed.json").exists()
