@@ -11,5 +11,7 @@ shift
 # (7 of the 20 steps), batch 1 and 8, one thread.
 OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX" "$@" --batch 1 --batch 8 --scan-cap 0.5 --reuse 4 \
     --exact-sizes 3,9,17
+OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX" "$@" --batch 4 --scan-cap 0.5 --reuse 4 --exact-sizes none
+OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX" "$@" --batch 16 --scan-cap 0.5 --reuse 4 --exact-sizes 3,9,17
 # The engine before issue 27 (git 17050b7), whole samples from the same seeds, for the same index:
 #   git archive 17050b7 patchdb cli | tar -x -C OLD && PYTHONPATH=OLD python - ... (see README.md)
