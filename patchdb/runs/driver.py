@@ -162,8 +162,13 @@ def _run_local(spec, run, todo, res, settings, finished, workers, threads) -> No
 
     share = threads or max(1, (os.cpu_count() or 1) // workers)
     args = (res.shape, res.num_classes, run.manifest["settings_id"], res.sizes)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_local_worker,
-                             initargs=(spec.to_dict(), share)) as pool:
+    workers = min(workers, len(todo))
+    ctx = mp.get_context("spawn")
+    # Every worker loads its engine, then waits for the others, so that no worker takes every shard
+    # while a slower one is still starting (the pool spawns one process per submit up to `workers`).
+    ready = ctx.Barrier(workers)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_local_worker,
+                             initargs=(spec.to_dict(), share, ready)) as pool:
         futures = {pool.submit(local_task, str(run.shard_path(i)), seeds, *args): i for i, seeds in todo}
         pending = set(futures)
         try:

@@ -80,13 +80,19 @@ _ENGINE: Engine | None = None
 _PARENT: int | None = None
 
 
-def init_local_worker(spec: dict, threads: int) -> None:
-    """Process-pool initializer: this process's share of threads, then the engine (loaded once)."""
+READY_TIMEOUT = 600.0  # seconds a loaded worker waits for the others (a failed start breaks the pool first)
+
+
+def init_local_worker(spec: dict, threads: int, ready=None) -> None:
+    """Process-pool initializer: this process's share of threads, then the engine (loaded once), then
+    wait at ``ready`` (a barrier of all workers) so that the workers start taking shards together."""
     global _ENGINE, _PARENT
     _PARENT = os.getppid()
     _die_with_parent()
     set_threads(threads)
     _ENGINE = Engine(RunSpec.from_dict(spec))
+    if ready is not None:
+        ready.wait(READY_TIMEOUT)
 
 
 def local_task(path: str, seeds: list[int], shape, num_classes, settings_id, sizes) -> tuple[float, float, str]:
