@@ -73,7 +73,7 @@ def _table(rows: list[dict], classes) -> str:
 @click.option("--exact", is_flag=True, help="Attribute with the exact engine even if the samples were drawn with --index.")
 @retrieval_options(recorded=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64",
-              help="Precision of the weights (float64 agrees with SPEC.md to ~1e-9; float32 is ~2x faster).")
+              help="Precision of the weights (float64 agrees with docs/math.md to ~1e-9; float32 is ~2x faster).")
 @click.option("--block-mb", type=FiniteFloatRange(min=0.01, max=2**20), default=16.0, help="Size of one block of logits in MiB.")
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
               help="Folder for the pictures: mosaic map, time strip, one pixel's sources (per sample).")

@@ -24,7 +24,7 @@ from .options import DTYPES, dataset_options, network_options, retrieval_from, s
               help="Candidate odd patch sizes, comma separated, or 'auto': 3, 5, ... up to the network's receptive "
                    "field (ResNet: 2 (depth + 2) + 1; UNet: the image; --network: measured by a gradient), capped at the image size.")
 @click.option("--criterion", type=click.Choice(list(CRITERIA)), default="cosine", show_default=True,
-              help="What picks each step's size: 'cosine' of network and machine scores (SPEC.md, the paper's default) or "
+              help="What picks each step's size: 'cosine' of network and machine scores (docs/math.md, the paper's default) or "
                    "'rollout', the Pearson r of the network's final image when the machine takes that one step "
                    "(an extension, a few to ~15% slower; keeps the cosine table too).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedule.json",

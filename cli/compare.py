@@ -33,7 +33,7 @@ from .options import (
 @click.option("--schedule", "-s", "schedules", multiple=True, default=None,
               help="Schedule per --machine (or one for all): a calibrate JSON, preset, constant:K or comma list.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="end-to-end", show_default=True,
-              help="end-to-end: sample network and machines from the same noise, r^2 of the final images (SPEC.md); "
+              help="end-to-end: sample network and machines from the same noise, r^2 of the final images (docs/math.md); "
                    "per-step: feed the network's own DDIM trajectory to the machines, r^2 and MSE of D per step.")
 @click.option("--at-steps", default=None,
               help="With --protocol per-step: evaluate the machines only at these sampler steps (comma list of "

@@ -25,7 +25,7 @@ COMMANDS = {
     "validate": "For M seeds, sample with the exact and the approximate engine from the same noise and compare.",
     "query": "Top-n nearest training windows of every window of IMAGE (or of one pixel or box).",
     "attribute": "Which training patches made each pixel of each sample, at each step (exact, or --index).",
-    "train": "Train a convolution-only diffusion baseline (epsilon prediction, SPEC.md's schedule).",
+    "train": "Train a convolution-only diffusion baseline (epsilon prediction, the cosine schedule of docs/math.md).",
     "calibrate": "Calibrate a scale schedule against a trained network (best size per step, median over seeds).",
     "compare": "Sample the network and each machine from the same seeds; table of median r and r^2, scatter, grid.",
     "merge": "Merge the parts of a compare, calibrate or validate run split by seed into one output.",

@@ -138,7 +138,7 @@ def network_options(f):
         click.option("--predict", type=click.Choice(["eps", "x0", "v"]), default=None,
                      help="With --network: what it predicts, the noise eps, the clean image x0, or v = a eps - b x0."),
         click.option("--net-schedule", default=None,
-                     help="With --network: its noise schedule, cosine (SPEC.md, time in [0, 1]), "
+                     help="With --network: its noise schedule, cosine (docs/math.md, time in [0, 1]), "
                           "ddpm-linear[:beta0,beta1,T] (default 1e-4,0.02,1000) or a file of alphabar per timestep."),
         click.option("--net-time", type=click.Choice(["nearest", "interp"]), default="nearest", show_default=True,
                      help="With a discrete --net-schedule: the timestep nearest patchdb's t in log-SNR, or the "

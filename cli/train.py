@@ -50,7 +50,7 @@ from .options import SEED, FiniteFloatRange, dataset_options, load_from_options,
 def command(dataset, root, split, download, limit, only_classes, policy, arch, padding, predict, conditional, width, depth,
             epochs, minutes, batch_size, lr, lr_final, weight_decay, ema, seed, device, threads, save_every, out, resume,
             force):
-    """Train a convolution-only diffusion baseline (epsilon prediction, SPEC.md's schedule)."""
+    """Train a convolution-only diffusion baseline (epsilon prediction, the cosine schedule of docs/math.md)."""
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)

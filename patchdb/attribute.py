@@ -1,7 +1,7 @@
 """Attribution: which training patches made each pixel of a sample, at each step.
 
 A sample file holds each sample's seed and (with ``--save-trajectory``) the denoiser output ``D``
-of every step; the DDIM recursion ``x_{t'} = a' D + b' (x - a D) / b`` (SPEC.md "Sampler") then
+of every step; the DDIM recursion ``x_{t'} = a' D + b' (x - a D) / b`` (docs/math.md "Sampler") then
 rebuilds every ``x_t`` the sampler saw. At each step the top contributors of ``D(x_t, t)`` are
 recomputed (:mod:`patchdb.denoisers.contrib`) and stored compactly beside the samples in
 ``SAMPLES.attrib.h5``; :func:`summarize` turns them into per-sample numbers (distinct sources,
@@ -268,7 +268,7 @@ def attribute(
     trajectory : (S, B, C, H, W) stored D of each step, step S first; when given, x_t is rebuilt
         from it exactly as the sampler did (in ``sample_dtype``); otherwise from the recomputed D.
     labels : (B,) class of each sample or None.  train_labels : (N,) classes of ``images``.
-    dtype : precision of the attribution (float64 keeps weights within ~1e-9 of the SPEC).
+    dtype : precision of the attribution (float64 keeps weights within ~1e-9 of the exact weights).
     contrib_fn : ``f(x, t, k, labels) -> Contributors`` replacing the exact computation.
 
     Returns
@@ -644,7 +644,7 @@ def query(
 ) -> QueryResult:
     """Nearest training windows of the windows of ``image`` (C, H, W) in [-1, 1], exact scan.
 
-    Candidates are those the machine lets each pixel see (SPEC.md table), optionally one class.
+    Candidates are those the machine lets each pixel see (docs/math.md table), optionally one class.
     With ``index`` (an open :class:`patchdb.indexing.reader.IndexFile`) the indexed families are
     searched with FAISS instead of scanned, with ``retrieval``'s settings (default: top-max(32, 4n),
     the file's tuned search defaults).

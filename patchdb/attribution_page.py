@@ -218,7 +218,7 @@ def short_name(name: str) -> str:
 def rebuild_inputs(attr: Attribution, noise: np.ndarray) -> np.ndarray:
     """(S, B, C, H, W) ``x_t`` of every step, from each sample's ``x_T`` and the stored ``D``.
 
-    The DDIM recursion of SPEC.md "Sampler" (as :func:`patchdb.attribute._ddim_step`), in float32.
+    The DDIM recursion of docs/math.md "Sampler" (as :func:`patchdb.attribute._ddim_step`), in float32.
     ``noise`` is (B, C, H, W), the ``x_T`` of the sample rows in ``attr``.
     """
     steps = int(max(attr.steps))

@@ -1,7 +1,7 @@
 """Bring your own network: adapters from foreign denoising networks to patchdb's denoiser contract.
 
 Every adapter lives in this one module (as k-diffusion's ``external.py``); the sampler, calibration and
-comparison only ever see ``D(x, t, labels) = E[x_0 | x_t = x]`` at patchdb's time ``t`` (SPEC.md
+comparison only ever see ``D(x, t, labels) = E[x_0 | x_t = x]`` at patchdb's time ``t`` (docs/math.md
 "Images and noise"). Three sources of a network are read:
 
 * ``module:function`` or ``path/to/file.py:function``: a Python callable that takes no arguments and
@@ -15,7 +15,7 @@ comparison only ever see ``D(x, t, labels) = E[x_0 | x_t = x]`` at patchdb's tim
   (``pip install "patchdb[diffusers]"``), imported only when such a folder is given.
 
 The user states what the network predicts (``eps``, ``x0`` or ``v = a eps - b x0``) and its noise
-schedule: ``cosine`` (SPEC.md's legacy cosine over a continuous time in [0, 1], the schedule of the
+schedule: ``cosine`` (the legacy cosine of docs/math.md over a continuous time in [0, 1], the schedule of the
 networks ``patchdb train`` writes), ``ddpm-linear[:beta0,beta1,T]`` (betas linear from beta0 to beta1 over
 T discrete timesteps, ``alphabar[tau] = prod_{s <= tau} (1 - beta_s)``, diffusers' "linear"; default
 1e-4, 0.02, 1000) or a file holding the network's alphabar table (entry ``tau`` = alphabar of timestep
@@ -61,7 +61,7 @@ DDPM_LINEAR_DEFAULT = (1e-4, 0.02, 1000)
 
 @dataclass(frozen=True)
 class NetSchedule:
-    """A network's own noise schedule: continuous SPEC cosine, or a discrete alphabar table.
+    """A network's own noise schedule: continuous cosine of docs/math.md, or a discrete alphabar table.
 
     ``alphabar`` (T,) float64, strictly decreasing in (0, 1), entry ``tau`` for timestep ``tau``;
     None for the continuous cosine (the network's time is patchdb's ``t``).

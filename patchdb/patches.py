@@ -1,4 +1,4 @@
-"""Window geometry: which candidate windows a query window may see (SPEC.md "The four machines").
+"""Window geometry: which candidate windows a query window may see (docs/math.md "The four machines").
 
 A machine at patch size ``k`` splits the query pixels into *groups*; all queries of a group share
 the same candidate positions. Queries are ``k x k`` windows of the (padded) noisy image centred
@@ -47,7 +47,7 @@ class Geometry:
 
 
 def effective_machine(machine: Machine, k: int, height: int, width: int) -> Machine:
-    """ELS and bbELS fall back to LS when ``k >= min(H, W)`` (SPEC.md, as the paper's code does)."""
+    """ELS and bbELS fall back to LS when ``k >= min(H, W)`` (docs/math.md, as the paper's code does)."""
     if machine in (Machine.ELS, Machine.BBELS) and k >= min(height, width):
         return Machine.LS
     return machine

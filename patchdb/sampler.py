@@ -1,4 +1,4 @@
-"""Deterministic DDIM sampler over any denoiser callable (SPEC.md "Sampler").
+"""Deterministic DDIM sampler over any denoiser callable (docs/math.md "Sampler").
 
 The sampler never imports FAISS, h5py or the networks: it only needs ``D(x, t, labels) -> x0``.
 Each image has its own noise seed, so a sample does not depend on the batch it was drawn in.
@@ -38,7 +38,7 @@ class SampleResult:
 
 
 def ddim_step(x: torch.Tensor, denoised: torch.Tensor, step: int, steps: int) -> torch.Tensor:
-    """One DDIM step (SPEC.md "Sampler") from step ``step`` (time ``step/steps``) with the denoised ``D``:
+    """One DDIM step (docs/math.md "Sampler") from step ``step`` (time ``step/steps``) with the denoised ``D``:
     ``a_{t'} D + b_{t'} eps_hat``, ``t' = (step-1)/steps``; at ``t' = 0`` this is ``D``."""
     if step <= 1:
         return denoised
@@ -58,7 +58,7 @@ def ddim_sample(
     progress: bool = False,
     first_step: int | None = None,
 ) -> SampleResult:
-    """Deterministic DDIM from x_T = ``noise`` (SPEC.md "Sampler"): for i = S..1,
+    """Deterministic DDIM from x_T = ``noise`` (docs/math.md "Sampler"): for i = S..1,
     ``x <- a_{t'} D + b_{t'} eps_hat`` with ``t = i/S``, ``t' = (i-1)/S``; at ``t' = 0`` this is ``D``.
 
     ``first_step`` (default S) starts the loop at step ``i = first_step`` instead, with ``noise`` then

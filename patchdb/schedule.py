@@ -1,4 +1,4 @@
-"""Noise schedule and scale (patch-size) schedules, SPEC.md "Images and noise" and "Sampler"."""
+"""Noise schedule and scale (patch-size) schedules, docs/math.md "Images and noise" and "Sampler"."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ PRESETS: dict[str, tuple[int, ...]] = {
 
 
 def alpha_sigma(t: float) -> tuple[float, float]:
-    """``(a_t, b_t)`` of the paper's legacy cosine schedule (SPEC.md "Images and noise")."""
+    """``(a_t, b_t)`` of the paper's legacy cosine schedule (docs/math.md "Images and noise")."""
     if not 0.0 <= t <= 1.0 or math.isnan(t):
         raise PatchdbError(f"time t={t} is outside [0, 1]; diffusion time runs from 0 (clean) to 1 (noise)")
     beta = 1.0 - math.cos((t / 1.008) * math.pi / 2) ** 2
@@ -41,7 +41,7 @@ def check_patch_size(k: int) -> int:
 
 @dataclass(frozen=True)
 class ScaleSchedule:
-    """One odd patch size per sampler step; ``sizes[i-1]`` is used at step i, time i/S (SPEC.md)."""
+    """One odd patch size per sampler step; ``sizes[i-1]`` is used at step i, time i/S (docs/math.md)."""
 
     sizes: tuple[int, ...]
     name: str = "custom"
@@ -79,7 +79,7 @@ class ScaleSchedule:
         return self
 
     def check_fits(self, height: int, width: int) -> ScaleSchedule:
-        """Sizes up to the image size are fine (k >= min(H, W) falls back to LS, SPEC.md)."""
+        """Sizes up to the image size are fine (k >= min(H, W) falls back to LS, docs/math.md)."""
         too_big = [k for k in self.distinct() if k > 2 * max(height, width) - 1]
         if too_big:
             raise PatchdbError(f"patch sizes {too_big} are larger than twice the {height}x{width} image; use smaller sizes")

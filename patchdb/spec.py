@@ -1,4 +1,4 @@
-"""Small shared vocabulary: the four machines of SPEC.md. No heavy imports here."""
+"""Small shared vocabulary: the four machines of docs/math.md. No heavy imports here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from .errors import PatchdbError
 
 
 class Machine(str, Enum):
-    """The closed-form machines of SPEC.md "The four machines"."""
+    """The closed-form machines of docs/math.md "The four machines"."""
 
     IS = "is"  # ideal score: memorises whole training images
     LS = "ls"  # local score: same window position, zero padding

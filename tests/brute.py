@@ -1,6 +1,6 @@
-"""A deliberately naive reference of SPEC.md's machines: loops and float64, for tests only.
+"""A deliberately naive reference of the machines of docs/math.md: loops and float64, for tests only.
 
-Written from SPEC.md without looking at the engine: every candidate window is cut out and
+Written from docs/math.md without looking at the engine: every candidate window is cut out and
 compared with the query window one at a time.
 """
 
@@ -32,7 +32,7 @@ def window(img: np.ndarray, y: int, x: int, k: int, circular: bool) -> np.ndarra
 
 
 def candidates(machine: str, y: int, x: int, h: int, w: int, k: int) -> list[tuple[int, int]]:
-    """Candidate centres q for query pixel p = (y, x), as SPEC.md's table says."""
+    """Candidate centres q for query pixel p = (y, x), as docs/math.md's table says."""
     r = k // 2
     inside = [(qy, qx) for qy in range(r, h - r) for qx in range(r, w - r)]
     if machine in ("els", "bbels") and k >= min(h, w):

@@ -150,7 +150,7 @@ def test_nearest_patches_blocked_equal_one_block_and_brute_force(machine, k):
     img = x[0].numpy()
     for y in range(8):
         for xx in range(8):
-            query = window(img, y, xx, k, machine == "els")  # ELS queries wrap around (SPEC.md)
+            query = window(img, y, xx, k, machine == "els")  # ELS queries wrap around (docs/math.md)
             d = sorted(
                 (float(np.sqrt(np.sum((query - window(phi, qy, qx, k, False)) ** 2))), n * 64 + qy * 8 + qx)
                 for n, phi in enumerate(images.numpy())

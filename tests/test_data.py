@@ -1,4 +1,4 @@
-"""Tests of the dataset layer, patchdb.data (SPEC.md "Images and noise")."""
+"""Tests of the dataset layer, patchdb.data (docs/math.md "Images and noise")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A trained epsilon-network as a denoiser of the machines' contract (SPEC.md "Images and noise").
+"""A trained epsilon-network as a denoiser of the machines' contract (docs/math.md "Images and noise").
 
 ``D(x, t) = (x - b_t eps_hat(x, t)) / a_t``, so the sampler's ``eps = (x - a_t D) / b_t`` gives back
 the network's ``eps_hat`` exactly and DDIM over the adapter is the network's own DDIM.
@@ -48,12 +48,12 @@ class EpsDenoiser:
 
 
 def eps_from_denoiser(denoised: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
-    """``eps_hat = (x - a_t D) / b_t`` (SPEC.md): the noise estimate of any denoiser."""
+    """``eps_hat = (x - a_t D) / b_t`` (docs/math.md): the noise estimate of any denoiser."""
     a, b = alpha_sigma(float(t))
     return (x - a * denoised) / b
 
 
 def score_from_denoiser(denoised: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
-    """``s = -(x - a_t D) / b_t^2`` (SPEC.md)."""
+    """``s = -(x - a_t D) / b_t^2`` (docs/math.md)."""
     a, b = alpha_sigma(float(t))
     return -(x - a * denoised) / (b * b)

@@ -1,4 +1,4 @@
-"""Convolutional epsilon-prediction networks of the paper's comparisons (SPEC.md "Calibration and comparison").
+"""Convolutional epsilon-prediction networks of the paper's comparisons (docs/math.md "Calibration and comparison").
 
 * :class:`ResNet`: convolution-only, 3x3 convolutions, residual blocks, a time (and optional class)
   embedding added before each convolution, no normalisation, ``zeros`` or ``circular`` padding and a

@@ -1,4 +1,4 @@
-"""Training of the epsilon-networks and their checkpoints (SPEC.md "Images and noise").
+"""Training of the epsilon-networks and their checkpoints (docs/math.md "Images and noise").
 
 Loss: ``|| net(a_t x0 + b_t eps, t) - eps ||^2`` with ``t`` uniform on {0, ..., 999}/1000 and the
 legacy cosine schedule; AdamW, learning rate decaying exponentially from ``lr`` to ``lr_final`` over

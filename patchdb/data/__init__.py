@@ -1,4 +1,4 @@
-"""Datasets of training images, SPEC.md "Images and noise".
+"""Datasets of training images, docs/math.md "Images and noise".
 
 :func:`load_dataset` reads a named dataset (the embedded MNIST subset, MNIST, Fashion-MNIST,
 CIFAR-10) or a path (an image folder, a zip of one, a folder of IDX files, an ``.npz``) into a

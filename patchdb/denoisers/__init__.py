@@ -1,4 +1,4 @@
-"""Denoisers of SPEC.md's machines behind one contract (:mod:`.contract`).
+"""Denoisers of the machines of docs/math.md behind one contract (:mod:`.contract`).
 
 The exact engine (:mod:`.exact`, kernels in :mod:`.kernels`), the approximate engine over an index
 file (:mod:`.approx`, with the retrieval settings of :mod:`.retrieval`), top contributors for

@@ -1,4 +1,4 @@
-"""Approximate mode: FAISS top-K per query window, exact re-rank, ignored-mass bound (SPEC.md "Exact mode").
+"""Approximate mode: FAISS top-K per query window, exact re-rank, ignored-mass bound (docs/math.md "Exact mode").
 
 Per query window ``x_p`` of a family that has an index, the index returns the K nearest stored
 windows to ``x_p / a_t`` (the same ranking as the weights at every ``t``); their exact log-weights are

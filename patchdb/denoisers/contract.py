@@ -48,7 +48,7 @@ def check_size(machine_name: str, k: int | None) -> int:
 
 
 def size_at(schedule: ScaleSchedule | None, t: float) -> int:
-    """The patch size of ``schedule`` at time ``t`` (``sizes[round(t * S) - 1]``, SPEC.md "Sampler")."""
+    """The patch size of ``schedule`` at time ``t`` (``sizes[round(t * S) - 1]``, docs/math.md "Sampler")."""
     if schedule is None:
         raise PatchdbError("this machine has no scale schedule; pass schedule=... or call denoise(..., k=K)")
     return schedule.size_at_time(t)

@@ -1,6 +1,6 @@
 """Top contributors of one denoiser call: which training candidates carry each pixel's weight.
 
-For every output pixel ``p`` of ``D(x, t)`` the machines of SPEC.md form a softmax over candidate
+For every output pixel ``p`` of ``D(x, t)`` the machines of docs/math.md form a softmax over candidate
 windows ``(n, q)``. This module streams the training set in blocks (as the exact engine does) and
 keeps, per pixel, a running top-``m`` of the log-weights together with the running log-sum-exp,
 the weight entropy and ``D`` itself, so one pass gives the normalised weights of the ``m`` largest
@@ -189,7 +189,7 @@ def local_contributors(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     logits: Logits | None = None,
 ) -> Contributors:
-    """Top-``m`` contributors of every pixel of a local machine (LS, ELS, bbELS), SPEC.md weights.
+    """Top-``m`` contributors of every pixel of a local machine (LS, ELS, bbELS), docs/math.md weights.
 
     Parameters
     ----------
@@ -450,7 +450,7 @@ def nearest_patches(
 
     Returns ``ids`` (B, HW, n) candidate ids, ``dist`` (B, HW, n) Euclidean window distances
     (ascending) and ``family`` (HW,) codes. The ranking is the machine's weight ranking as t -> 0
-    (SPEC.md "Approximate mode": the nearest windows carry the weight).
+    (docs/math.md "Approximate mode": the nearest windows carry the weight).
     """
     machine = Machine.parse(machine)
     if machine is Machine.IS:
@@ -527,7 +527,7 @@ def index_contributors(
 
     ``retrieval`` (default: :class:`Retrieval`'s defaults, as the engine's) picks the candidates as the
     approximate engine does with the same settings, tail sample included, so ``denoised`` is the
-    engine's D; ``topk`` overrides its K. Weights are normalised over those candidates (SPEC.md
+    engine's D; ``topk`` overrides its K. Weights are normalised over those candidates (docs/math.md
     "Approximate mode"); the families the file does not index are scanned exactly. With
     ``distance=True`` the logits are ``-|x - phi|^2 / 2`` and no tail is sampled (for
     :func:`nearest_patches_index`).

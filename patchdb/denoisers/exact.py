@@ -1,4 +1,4 @@
-"""The exact engine: every candidate of a machine over a training set (SPEC.md "The four machines").
+"""The exact engine: every candidate of a machine over a training set (docs/math.md "The four machines").
 
 The kernels it runs (blocks of logits, the distinct-window pools) are in :mod:`.kernels`.
 """

@@ -23,7 +23,7 @@ def denoise(
     label: int | None = None,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """One exact denoiser call of a machine (SPEC.md "The four machines").
+    """One exact denoiser call of a machine (docs/math.md "The four machines").
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Exact mode: every candidate of SPEC.md's machines, streamed over the training set in blocks.
+"""Exact mode: every candidate of the machines of docs/math.md, streamed over the training set in blocks.
 
 For a query window ``x_p`` and candidate window ``phi_q`` the log-weight is, up to a per-query
 constant that cancels in the normalisation,
@@ -267,7 +267,7 @@ def _scan_pools(
 
 
 def exact_is(x: torch.Tensor, images: torch.Tensor, t: float, block_bytes: int = DEFAULT_BLOCK_BYTES) -> torch.Tensor:
-    """Ideal-score denoiser: softmax over whole training images (SPEC.md, IS)."""
+    """Ideal-score denoiser: softmax over whole training images (docs/math.md, IS)."""
     coef = Coefficients.at(t)
     acc = ReferencedSoftmax(x.flatten(1).unsqueeze(0) * coef.scale, x[0].numel())
     step = max(1, block_bytes // max(images[0].numel() * images.element_size(), 1))

@@ -1,6 +1,6 @@
 """Retrieval through an index file: the settings, the search and the logits of retrieved candidates.
 
-One :class:`Retrieval` decides which candidates a query window sees (SPEC.md "Approximate mode"):
+One :class:`Retrieval` decides which candidates a query window sees (docs/math.md "Approximate mode"):
 the approximate engine (:mod:`.approx`) and attribution through an index (:mod:`.contrib`) both take
 it and both call the helpers below, so attributing a sample sees the candidates that made it. The
 sampler records it in every sample file (:meth:`Retrieval.to_dict`).

@@ -1,4 +1,4 @@
-"""Streaming softmax-weighted averages: the weights math of SPEC.md, written once.
+"""Streaming softmax-weighted averages: the weights math of docs/math.md, written once.
 
 Every machine computes, per query row, ``D = sum_j w_j v_j / sum_j w_j`` with
 ``w_j = exp(logit_j)``, over candidates that arrive in blocks. The accumulator keeps a running

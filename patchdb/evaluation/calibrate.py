@@ -1,4 +1,4 @@
-"""Scale calibration of a machine against a trained network (SPEC.md "Calibration and comparison").
+"""Scale calibration of a machine against a trained network (docs/math.md "Calibration and comparison").
 
 Run the network's DDIM sampler from each seed; at every step ``i`` (time ``t = i/S``) compare, at the
 ``x`` the sampler holds, the network's score ``-eps_net / b_t`` with the machine's score
@@ -6,7 +6,7 @@ Run the network's DDIM sampler from each seed; at every step ``i`` (time ``t = i
 channels. A seed's best size at step ``i`` maximises the cosine; the schedule is the per-step median
 over seeds.
 
-A second criterion, ``rollout`` (a documented extension of SPEC.md), asks what the choice does to the
+A second criterion, ``rollout`` (a documented extension of docs/math.md), asks what the choice does to the
 *final image*: at step ``i`` take one DDIM step with the machine's ``D_k`` instead of the network's, let
 the network sample the remaining steps, and score size ``k`` by the Pearson ``r`` of that final image
 with the network's own. It needs the same machine evaluations as the cosine (the expensive part) plus
@@ -108,7 +108,7 @@ class Calibration:
                                                 "rollout": self.rollout.tolist()}),
             "settings": self.settings,
             **({} if self.exact_check is None else {"exact_check": self.exact_check}),
-            "note": "sizes[i-1] is the patch size of sampler step i (time i/S), lowest noise first (SPEC.md)",
+            "note": "sizes[i-1] is the patch size of sampler step i (time i/S), lowest noise first (docs/math.md)",
         }
 
 
@@ -166,7 +166,7 @@ def calibrate(
     make_machine : factory ``schedule -> denoiser``; called once per candidate size with ``constant:k``.
     shape : (C, H, W) of the images. seeds : one noise seed per sampled image (M of them).
     sizes : candidate odd patch sizes (K). labels : (M,) class labels when conditional.
-    criterion : ``cosine`` (SPEC.md) or ``rollout`` (final-image r; computes the cosine table too).
+    criterion : ``cosine`` (docs/math.md) or ``rollout`` (final-image r; computes the cosine table too).
 
     Returns
     -------

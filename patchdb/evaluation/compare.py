@@ -1,4 +1,4 @@
-"""How well each machine predicts a trained network (SPEC.md "Calibration and comparison").
+"""How well each machine predicts a trained network (docs/math.md "Calibration and comparison").
 
 From the same noise seed (and class label when conditional), sample with the network and with every
 machine; ``r`` is the Pearson correlation over all pixels and channels of the two final images and

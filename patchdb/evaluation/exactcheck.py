@@ -6,7 +6,7 @@ beside the machine-vs-network figure of both engines.
   ``r^2(approx final, exact final)``, and ``r^2`` with the network's final image of each;
 * calibration: along the network's own DDIM trajectory, at each step and candidate size, ``r^2`` of the
   approximate and exact ``D_k`` at the same ``x_t``, each one's cosine with the network's score (the
-  calibration criterion, SPEC.md), and whether both pick the same best size.
+  calibration criterion, docs/math.md), and whether both pick the same best size.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metrics shared by evaluation: Pearson correlation (SPEC.md "Comparison") and medians."""
+"""Metrics shared by evaluation: Pearson correlation (docs/math.md "Comparison") and medians."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Per-step agreement of the denoisers on the network's own trajectory (a second protocol beside SPEC.md's
-end-to-end comparison).
+"""Per-step agreement of the denoisers on the network's own trajectory (a second protocol beside the
+end-to-end comparison of docs/math.md).
 
-Run the network's deterministic DDIM sampler (SPEC.md "Sampler") from each seed. At every step ``i``
+Run the network's deterministic DDIM sampler (docs/math.md "Sampler") from each seed. At every step ``i``
 (time ``t = i/S``) the network and each machine get the *same* noisy ``x_t`` the network's trajectory
 holds, and their denoised images ``D_net(x_t, t)`` and ``D_machine(x_t, t)`` are compared: Pearson ``r``
 over all pixels and channels (reported as ``r^2``) and the mean squared error per pixel and channel (on
@@ -80,7 +80,7 @@ class PerStep:
                 "r2": "square of the Pearson correlation over all pixels and channels of D_net(x_t, t) and "
                       "D_machine(x_t, t), x_t from the network's own DDIM trajectory",
                 "mse": "mean over pixels and channels of (D_net - D_machine)^2, images in [-1, 1]",
-                "sigma": "b_t / a_t, the noise-to-signal ratio of x_t (SPEC.md cosine schedule)",
+                "sigma": "b_t / a_t, the noise-to-signal ratio of x_t (docs/math.md cosine schedule)",
             },
             "summary": self.summary(),
             "per_step": self.rows(),
