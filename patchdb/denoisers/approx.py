@@ -22,7 +22,6 @@ import torch
 from ..errors import PatchdbError
 from ..indexing.format import EXACT_FAMILIES, Entry
 from ..indexing.reader import IndexFile
-from ..indexing.windows import TERM_BLOCK_ELEMENTS
 from ..patches import box_regions, box_sums, geometry, unfold_windows
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size, parse_schedule
 from ..spec import Machine
@@ -99,7 +98,6 @@ class ApproxMachine:
         # ids of each query row's best-ranked candidates there.
         self._previous: tuple | None = None
         self._best: dict = {}
-        self._buffers: dict[str, torch.Tensor] = {}  # re-rank scratch kept between blocks (see _window_terms)
 
     # -- the denoiser contract -------------------------------------------------------------
 
@@ -321,7 +319,7 @@ class ApproxMachine:
         valid = ids >= 0
         safe = ids.clamp(min=0)
         img, pos = safe // per_image, cand_pos[safe % per_image]
-        dots, norms = self._window_terms(q, img, pos, k)
+        dots, norms = self.source.window_terms(q, img, pos, k)
         logits = expanded_logits(q, dots, norms, a, b).masked_fill_(~valid, -math.inf)
         acc = SoftmaxAccumulator((q.shape[0], 1), self.source.channels, q.dtype, q.device)
         acc.add(logits.clone().unsqueeze(1), with_ones(self.source.centres(img, pos).double()))
@@ -346,42 +344,6 @@ class ApproxMachine:
         if tail_terms is not None:
             tail = self._add_tail(acc, q, ids, tail_terms, a, b, n_total, log_z)
         return acc.result()[:, 0], bound, tail, best
-
-    def _window_terms(self, q: torch.Tensor, image: torch.Tensor, pos: torch.Tensor, k: int):
-        """:meth:`PatchSource.window_terms` (same arithmetic, same bits) with its two per-block temporaries,
-        the gathered int16 codes and their float64 copy, written into buffers kept between blocks and calls.
-        A fresh multi-MB tensor per block is fresh memory: its page faults made the int16 -> float64
-        conversion the largest single cost of a re-rank (15 of 51 s in a k = 13 profile; 14x slower than
-        copying into an existing buffer, measured)."""
-        src = self.source
-        codes = src._int16_codes()
-        r, p = image.shape
-        c, hp, wp = src.channels, src.hp, src.wp
-        d = c * k * k
-        rows = codes.as_strided((codes.numel() - k + 1, k), (1, 1))
-        row_off = (torch.arange(c).view(-1, 1) * (hp * wp) + torch.arange(k).view(1, -1) * wp).view(-1)  # (C*k,)
-        base = src._base(image, pos, src.pad - k // 2)  # (R, P) flat offset of each window's top-left pixel
-        qd = q.double().unsqueeze(-1) / 255.0  # (R, d, 1)
-        dots = torch.empty(r, p, dtype=torch.float64)
-        norms = torch.empty(r, p, dtype=torch.float64)
-        step = max(1, TERM_BLOCK_ELEMENTS // max(1, p * d))
-        gathered = self._buffer("codes", step * p * d, torch.int16)
-        windows = self._buffer("windows", step * p * d, torch.float64)
-        for s in range(0, r, step):
-            n = min(step, r - s)
-            offs = (base[s : s + n].unsqueeze(-1) + row_off).view(-1)
-            g = torch.index_select(rows, 0, offs, out=gathered[: n * p * d].view(-1, k))
-            w = windows[: n * p * d].view(n, p, d).copy_(g.view(n, p, d))  # codes, exact in float64
-            torch.bmm(w, qd[s : s + n], out=dots[s : s + n].unsqueeze(-1))
-            norms[s : s + n] = torch.einsum("rpd,rpd->rp", w, w)
-        return dots, norms.div_(255.0 * 255.0)
-
-    def _buffer(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """A scratch tensor of at least ``numel`` elements, kept between calls."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = self._buffers[name] = torch.empty(numel, dtype=dtype)
-        return buf
 
     def _tail_terms(self, sample: torch.Tensor, cand_pos: torch.Tensor, k: int, blank) -> tuple:
         """The uniform tail sample's x-independent terms, made once per sub-index and call (not per block
