@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -209,16 +210,23 @@ def test_bad_run_options_give_one_line(tiny, tmp_path, args, needle):
     assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
 
 
-def test_ray_connect_gives_up_after_its_bound():
-    """A cluster whose ray.init never returns: one PatchdbError after the timeout, not a hang."""
+def test_ray_connect_gives_up_after_its_bound(monkeypatch):
+    """A cluster whose ray.init never returns: one PatchdbError after the timeout, not a hang; and the
+    process is set to leave through the exit handler that skips Ray's own (recorded here, not run, so
+    that pytest keeps its exit code)."""
+    from patchdb.runs import ray_backend
     from patchdb.runs.ray_backend import connect
+
+    registered = []
+    monkeypatch.setattr(ray_backend.atexit, "register", registered.append)
+    release = threading.Event()
 
     class Hanging:
         def is_initialized(self):
             return False
 
         def init(self, **kwargs):
-            time.sleep(60)
+            release.wait(60)
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -228,6 +236,8 @@ def test_ray_connect_gives_up_after_its_bound():
         with pytest.raises(PatchdbError, match=f"cannot join the Ray cluster at '{address}' .no answer in 1 s"):
             connect(Hanging(), address, timeout=1.0)
     assert time.time() - start < 10
+    assert registered == [ray_backend._exit_now]
+    release.set()
 
 
 def test_ray_missing_or_unreachable_gives_one_line_in_bounded_time(tiny, tmp_path, monkeypatch):
