@@ -86,6 +86,8 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
         raise PatchdbError(f"--out {out}: sample writes a .h5 file (with a PNG beside it) or a run folder; name it "
                            f"{Path(str(out)).with_suffix('.h5')} or give a folder name without a file suffix")
     check_seeds(seeds_option(seeds, num, seed))
+    if schedule is None and steps is not None and Machine.parse(machine) is Machine.IS:
+        schedule = "constant:1"  # IS uses no patch size: --steps alone sets the sampler's length
     if schedule is not None:
         parse_schedule_option(schedule, steps)  # a bad --schedule is one line before any work
     if not str(out).endswith(".h5"):

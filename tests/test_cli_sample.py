@@ -93,3 +93,17 @@ def test_interrupt_while_writing_leaves_no_file(tmp_path, monkeypatch):
     res = run(["sample", *FAST, "--out", str(out)])
     assert res.exit_code == 130
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_is_machine_needs_no_schedule_with_steps(tmp_path):
+    """IS uses no patch size, so --steps alone must do (the default schedule has 20 sizes)."""
+    from click.testing import CliRunner
+
+    from patchdb.cli.main import main
+    from patchdb.store import read_samples
+
+    res = CliRunner().invoke(main, ["sample", "--limit", "20", "-m", "is", "--steps", "3", "-n", "2",
+                                    "--out", str(tmp_path / "is.h5")])
+    assert res.exit_code == 0, res.output
+    got = read_samples(tmp_path / "is.h5")
+    assert got["samples"].shape == (2, 1, 32, 32) and got["metadata"]["steps"] == 3
