@@ -67,3 +67,10 @@ patchdb report "$OUT/is16" --out "$OUT/is16-report" --force
 patchdb sample --dataset fashion-mnist --root "$DATA/fashion-mnist" --limit 2000 -m is -s fashion-mnist-resnet-zeros \
     --seeds 0-999 -b 50 --out "$OUT/is1000" $FORCE
 patchdb report "$OUT/is1000" --out "$OUT/is1000-report" --force
+# 1,000 seeds of bbELS and IS on the same seeds (exact, first 50 images, 5 steps; 7.5 min + 6 s, one thread),
+# then the report of each: near-copy share 0.000 against 1.000.
+D50="--dataset fashion-mnist --root $DATA/fashion-mnist --limit 50 -s 3,3,5,5,7 --seeds 0-999 -b 50 --shard-size 100"
+patchdb sample $D50 -m bbels --out "$OUT/bbels1000-n50" $FORCE
+patchdb sample $D50 -m is --out "$OUT/is1000-n50" $FORCE
+patchdb report "$OUT/bbels1000-n50" --out "$OUT/bbels1000-n50-report" --force
+patchdb report "$OUT/is1000-n50" --out "$OUT/is1000-n50-report" --force
