@@ -74,3 +74,29 @@ patchdb sample $D50 -m bbels --out "$OUT/bbels1000-n50" $FORCE
 patchdb sample $D50 -m is --out "$OUT/is1000-n50" $FORCE
 patchdb report "$OUT/bbels1000-n50" --out "$OUT/bbels1000-n50-report" --force
 patchdb report "$OUT/is1000-n50" --out "$OUT/is1000-n50-report" --force
+
+# kill -9 of a 512-sample run on the approximate engine (first 50 images, sizes 3,5,7, 16 shards of 32;
+# 5.7 min uninterrupted, then killed after 6 shards and resumed in 3.4 min, one thread).
+[ -f "$OUT/fm50.h5" ] || patchdb build --dataset fashion-mnist --root "$DATA/fashion-mnist" --limit 50 \
+    --scales 3,5,7 --threads 1 --out "$OUT/fm50.h5"
+S512="patchdb sample --index $OUT/fm50.h5 -s 3,3,5,5,7 --seeds 0-511 -b 32 --shard-size 32"
+rm -rf "$OUT/whole512" "$OUT/killed512"
+$S512 --out "$OUT/whole512"
+$S512 --out "$OUT/killed512" & PID=$!
+until [ -f "$OUT/killed512/manifest.json" ] && python - "$OUT/killed512" <<'PY'
+import json, sys; sys.exit(0 if len(json.load(open(sys.argv[1] + "/manifest.json"))["shards"]) >= 6 else 1)
+PY
+do sleep 0.2; done
+kill -9 $PID; wait $PID || true
+$S512 --out "$OUT/killed512"
+python - "$OUT" <<'PY'
+import collections, json, sys
+import numpy as np
+from patchdb.runs import open_run
+out = sys.argv[1]
+a, b = open_run(f"{out}/whole512"), open_run(f"{out}/killed512")
+events = [json.loads(line) for line in open(f"{out}/killed512/log.jsonl")]
+counts = collections.Counter(e["shard"] for e in events if e["event"] == "shard")
+print(f"bit-identical: {np.array_equal(a.samples, b.samples) and np.array_equal(a.seeds, b.seeds)}; samples {len(b)}; "
+      f"shard computations {sum(counts.values())} for {len(b.metadata['shards'])} shards; most per shard {max(counts.values())}")
+PY
