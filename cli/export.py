@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from patchdb.errors import PatchdbError
+from patchdb.store import claim_output
 
 
 @click.command()
@@ -22,6 +23,9 @@ def command(run, png_dir, npz_file, partial, force):
 
     if png_dir is None and npz_file is None:
         raise PatchdbError("nothing to export; pass --png DIR and/or --npz FILE")
+    for path, what, folder in ((png_dir, "--png", True), (npz_file, "--npz", False)):
+        if path is not None:  # refused before the samples are read
+            claim_output(path, force, what=what, folder=folder)
     got = load_samples(run, partial=partial)
     if png_dir is not None:
         n = export_png(got.samples, got.seeds, png_dir, force)

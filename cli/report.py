@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from patchdb.store import claim_output
+
 from .options import dataset_options, load_from_options
 
 
@@ -35,9 +37,10 @@ def command(run, out, index_file, dataset, root, split, download, limit, only_cl
     )
     from patchdb.runs.folder import load_samples
 
-    got = load_samples(run, partial=partial)
     run_path = Path(run)
     out = Path(out) if out else (run_path / "report" if run_path.is_dir() else run_path.with_suffix(".report"))
+    claim_output(out, force, folder=True)  # refused before the work, not after it
+    got = load_samples(run, partial=partial)
     if index_file is not None:
         training = training_of_index(index_file)
     elif dataset != "embedded" or limit is not None or "run_spec" not in got.metadata:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import PatchdbError
-from .store import atomic_write
+from .store import atomic_write, claimed
 
 NEAR_COPY_RATIO = 1.0 / 3.0
 CRITERION = ("near-copy: d1 / d2 < 1/3, d1 and d2 the L2 distances (pixels in [-1, 1], all channels) to the "
@@ -203,16 +203,12 @@ def page(result: dict) -> str:
 
 def write_report(result: dict, png: bytes, out: str | os.PathLike, force: bool = False) -> Path:
     """``out/report.json``, ``out/report.png`` and ``out/index.html``, each written atomically."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise PatchdbError(f"report folder {out} exists; choose another --out or pass --force to replace it")
-    if not out.parent.exists():
-        raise PatchdbError(f"folder {out.parent} does not exist; create it or choose another --out")
-    out.mkdir(exist_ok=True)
-    with atomic_write(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    with atomic_write(out / "report.png") as tmp:
-        tmp.write_bytes(png)
-    with atomic_write(out / "index.html") as tmp:
-        tmp.write_text(page(result))
+    with claimed(out, force, folder=True) as out:  # the one overwrite rule (store.claim_output)
+        out.mkdir(exist_ok=True)
+        with atomic_write(out / "report.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        with atomic_write(out / "report.png") as tmp:
+            tmp.write_bytes(png)
+        with atomic_write(out / "index.html") as tmp:
+            tmp.write_text(page(result))
     return out

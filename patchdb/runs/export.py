@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PatchdbError
-from ..store import atomic_write
+from ..store import atomic_write, claimed
 
 
 def to_uint8(samples: np.ndarray) -> np.ndarray:
@@ -22,32 +21,24 @@ def png_path(folder: Path, seed: int) -> Path:
     return folder / f"{seed - seed % 1000:05d}" / f"{seed:06d}.png"
 
 
-def _refuse_existing(path: Path, force: bool, flag: str) -> None:
-    if path.exists() and not force:
-        raise PatchdbError(f"{flag} {path} exists; choose another path or pass --force to replace it")
-
-
 def export_png(samples: np.ndarray, seeds: np.ndarray, folder: str | os.PathLike, force: bool = False) -> int:
     """One PNG per seed (grey or RGB) under ``folder``; written into a temporary folder renamed at the end."""
     from PIL import Image
 
-    folder = Path(folder)
-    _refuse_existing(folder, force, "--png")
-    if not folder.parent.exists():
-        raise PatchdbError(f"folder {folder.parent} does not exist; create it or choose another --png")
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        for img, seed in zip(to_uint8(samples), seeds):
-            path = png_path(tmp, int(seed))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
+    with claimed(folder, force, what="--png", folder=True) as folder:  # the one overwrite rule
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            for img, seed in zip(to_uint8(samples), seeds):
+                path = png_path(tmp, int(seed))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return len(seeds)
 
 
@@ -55,8 +46,7 @@ def export_npz(samples: np.ndarray, seeds: np.ndarray, labels: np.ndarray | None
                force: bool = False) -> None:
     """``arr_0`` (N, H, W, C) uint8 (the layout of OpenAI's guided-diffusion evaluator), ``seeds`` and
     ``labels`` (-1: unconditional), written atomically."""
-    path = Path(path)
-    _refuse_existing(path, force, "--npz")
     lab = np.full(len(seeds), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+    with claimed(path, force, what="--npz") as path, atomic_write(path) as tmp, open(tmp, "wb") as f:
+        # a file object: np.savez adds no suffix
         np.savez(f, arr_0=to_uint8(samples), seeds=np.asarray(seeds, np.int64), labels=lab)
