@@ -8,7 +8,7 @@
 #   DATA=.devdata  CK=checkpoints/mnist-resnet-zeros-w32d6-cpu  NUM_CAL=10  NUM_CMP=100  TRAIN_SEC=120
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-DATA=${DATA:-.devdata}; OUT=${OUT:-/tmp/out}; DEV=${DEV:-cuda}; RES=/tmp/res; mkdir -p $RES
+DATA=${DATA:-.devdata}; OUT=${OUT:-runs/gpu-eval}; DEV=${DEV:-cuda}; RES=${RES:-runs/gpu-eval-res}; mkdir -p $OUT $RES
 NUM_CAL=${NUM_CAL:-10}; NUM_CMP=${NUM_CMP:-100}; TRAIN_SEC=${TRAIN_SEC:-120}; SIZES=${SIZES:-3,5,7,9,11,13,15,17,19,21}
 BLOCK=${BLOCK:-512}; TC1=${TC1:-100}; TM1=${TM1:-130}; TC2=${TC2:-80}; TM2=${TM2:-110}; TC3=${TC3:-80}; TM3=${TM3:-110};
 GCK=${GCK:-$RES/mnist-gpu-ck}; FCK=${FCK:-$RES/fashion-gpu-ck}; DET=${DET:-0}; DEADLINE=${DEADLINE:-540}; CAL_SEED=${CAL_SEED:-1000}; STAGES=${STAGES:-"cpu gpu fashion"}
