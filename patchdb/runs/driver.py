@@ -76,7 +76,11 @@ def run_samples(
     of exactly ``spec.batch_size`` rows, so its bits depend on the settings only, not on the shard size,
     the seed list, the workers or the machines. ``on_shard`` gets ``{"shard", "seeds", "seconds",
     "cpu_seconds", "worker"}`` per finished shard. Progress (samples done, samples/s, ETA) goes to stderr.
+    Relative paths of ``spec.source`` (``--root``, a dataset path, ``--index``) are recorded absolute,
+    resolved against the working directory (:func:`patchdb.runs.spec.absolute_source`), so the folder is
+    read the same from anywhere.
     """
+    spec = spec.with_absolute_paths()
     echo = echo or (lambda line: print(line, file=sys.stderr))
     if not seeds:
         raise PatchdbError("no seeds to sample; pass --seeds or --num")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -67,6 +67,11 @@ class RunSpec:
     def from_dict(cls, data: dict) -> RunSpec:
         return cls(**data)
 
+    def with_absolute_paths(self, base: str | os.PathLike | None = None) -> RunSpec:
+        """This spec with :func:`absolute_source` applied (paths resolved against ``base``, default the
+        working directory): a run folder is read later from anywhere (``patchdb report``, a worker)."""
+        return replace(self, source=absolute_source(self.source, base))
+
 
 @dataclass
 class Resolved:
@@ -113,6 +118,51 @@ def resolve(spec: RunSpec) -> Resolved:
         count = f.meta["count"]
     kind = "exact" if spec.source.get("exact") else f"approximate (top-{(spec.retrieval or {}).get('topk', '?')})"
     return Resolved(shape, classes, sizes, sched.name, sched.steps, fp, f"{kind} {machine.value} over {count} images from {path}")
+
+
+def absolute_source(source: dict, base: str | os.PathLike | None = None) -> dict:
+    """``source`` with its relative paths made absolute against ``base`` (default: the working directory):
+    ``root``, a ``dataset`` given as a path (an .npz, a folder, a .zip) and an index ``path``. The paths as
+    given are kept under ``"given"`` (provenance). None of them is among the settings a resumed run is
+    compared on (the dataset and index fingerprints are), so the same command rerun from the same place,
+    or from another place with paths that reach the same files, resumes the run."""
+    base = Path(base) if base is not None else Path.cwd()
+    out, given = dict(source), dict(source.get("given") or {})
+
+    def absolute(key: str) -> None:
+        value = out.get(key)
+        if value in (None, "") or Path(str(value)).expanduser().is_absolute():
+            return
+        given.setdefault(key, value)
+        out[key] = os.path.normpath(base / Path(str(value)).expanduser())
+
+    if out.get("kind") == "index":
+        absolute("path")
+    else:
+        absolute("root")
+        name = out.get("dataset")
+        if name not in (None, "embedded") and (base / Path(str(name)).expanduser()).exists():
+            absolute("dataset")  # a path; a dataset name (mnist, ...) is no file here and stays a name
+    if given:
+        out["given"] = given
+    return out
+
+
+def relative_paths(source: dict) -> list[str]:
+    """The relative paths a source records, as ``--option value`` (empty when none): run folders written
+    before :func:`absolute_source` recorded them as given, relative to where the run was started."""
+    from ..data import _canonical
+
+    keys = ("path",) if source.get("kind") == "index" else ("root", "dataset")
+    out = []
+    for key in keys:
+        value = source.get(key)
+        if value in (None, "") or Path(str(value)).expanduser().is_absolute():
+            continue
+        if key == "dataset" and _canonical(str(value)) is not None:
+            continue  # a dataset name (embedded, mnist, ...), not a path
+        out.append(f"--{'index' if key == 'path' else key} {value}")
+    return out
 
 
 def load_source_dataset(source: dict):
