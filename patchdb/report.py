@@ -17,6 +17,7 @@ import html
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,13 @@ CRITERION = ("near-copy: d1 / d2 < 1/3, d1 and d2 the L2 distances (pixels in [-
 DIVERSITY_SAMPLES = 1000
 #: Training rows per block of the brute-force search (bounds memory: block x samples floats).
 BLOCK_ROWS = 4096
+#: How ``--attribution N`` picks its samples: ``extremes``, the ceil(N/2) least and floor(N/2) most novel
+#: by nearest distance d1 (the two rows of report.png), or ``first``, the first N of the run's seeds.
+ATTRIBUTION_PICKS = ("extremes", "first")
+#: Names of the attribution outputs inside the report folder.
+ATTRIBUTION_PAGE = "attribution.html"
+ATTRIBUTION_SAMPLES = "attribution-samples.h5"
+ATTRIBUTION_FILE = "attribution.attrib.h5"
 
 
 @dataclass
@@ -43,16 +51,38 @@ class Training:
 
 
 def training_of_run(manifest: dict) -> Training:
-    """The training set a run folder's samples were made from (its dataset, or the images of its index file)."""
+    """The training set a run folder's samples were made from (its dataset, or the images of its index file),
+    checked against the dataset fingerprint the run records."""
     from .runs.spec import load_source_dataset
+
+    source = source_of_run(manifest)
+    if source["kind"] == "index":
+        training = training_of_index(source["path"])
+    else:
+        data = load_source_dataset(source)
+        want = (manifest.get("settings") or {}).get("dataset_fingerprint")
+        if want and data.fingerprint() != want:
+            raise PatchdbError(f"{data.name} ({len(data)} images) is not the training set the run was drawn from "
+                               f"(fingerprint {data.fingerprint()[:12]}, the run records {want[:12]}); "
+                               "pass the same --dataset/--root/--limit")
+        training = Training(data.to_float(torch.float32), data.labels, f"{len(data)} images of {data.name}")
+    return training
+
+
+def source_of_run(manifest: dict) -> dict:
+    """The run's ``run_spec.source``; a relative path that does not reach its file from here (folders
+    written before paths were recorded absolute) is one line naming the fix."""
+    from .runs.spec import relative_paths
 
     source = (manifest.get("run_spec") or {}).get("source")
     if source is None:
         raise PatchdbError("this sample set does not record its training data; pass --index FILE or --dataset NAME")
-    if source["kind"] == "index":
-        return training_of_index(source["path"])
-    data = load_source_dataset(source)
-    return Training(data.to_float(torch.float32), data.labels, f"{len(data)} images of {data.name}")
+    missing = [p for p in relative_paths(source) if not Path(p.split(" ", 1)[1]).expanduser().exists()]
+    if missing:
+        raise PatchdbError(f"the run records {', '.join(missing)} relative to the folder it was started in, not "
+                           f"found from {Path.cwd()}; run patchdb report from that folder, or pass the training set "
+                           "(--dataset/--root or --index)")
+    return source
 
 
 def training_of_index(path: str | os.PathLike) -> Training:
@@ -187,7 +217,7 @@ def picture(samples: np.ndarray, result: dict, training: Training, count: int = 
 
 
 def page(result: dict) -> str:
-    """A small HTML page around ``report.png`` with the summary numbers."""
+    """A small HTML page around ``report.png`` with the summary numbers (and a link to the attribution page)."""
     rows = [("samples", result["samples"]), ("training", result["training"]),
             ("near-copy share", f"{result['near_copy']['share']:.3f} ({result['near_copy']['count']})"),
             ("criterion", result["near_copy"]["criterion"]),
@@ -198,13 +228,135 @@ def page(result: dict) -> str:
             ("classes", json.dumps(result["classes"]))]
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return (f"<!doctype html><meta charset='utf-8'><title>patchdb report</title><h1>{html.escape(result['source'])}</h1>"
-            f"<table>{body}</table><p><img src='report.png' alt='report'></p><p>Numbers: report.json</p>\n")
+            f"<table>{body}</table>{_attribution_section(result.get('attribution'))}"
+            f"<p><img src='report.png' alt='report'></p><p>Numbers: report.json</p>\n")
 
 
-def write_report(result: dict, png: bytes, out: str | os.PathLike, force: bool = False) -> Path:
-    """``out/report.json``, ``out/report.png`` and ``out/index.html``, each written atomically."""
+def _attribution_section(info: dict | None) -> str:
+    if not info:
+        return ""
+    rows = "".join(
+        f"<tr><td>{r['seed']}</td><td>{'' if r['d1'] is None else format(r['d1'], '.3f')}</td><td>{r['distinct_images']}</td><td>{r['dominant_share']:.2f}</td>"
+        f"<td>#{r['top_source']}</td></tr>" for r in info["per_sample"])
+    why = {"extremes": "the least and the most novel samples (nearest distance d1)",
+           "first": "the first samples of the run"}[info["pick"]]
+    return (f"<h2>Where the samples came from</h2><p><a id='attribution' href='{ATTRIBUTION_PAGE}'>Attribution page</a> "
+            f"of {len(info['per_sample'])} samples, {html.escape(why)}: per pixel and step, the training patches that "
+            f"made it ({html.escape(info['engine'])} engine, as the run). Files: {html.escape(info['attribution_file'])}"
+            f"{', ' + html.escape(info['samples_file']) if info.get('samples_file') else ''}.</p>"
+            "<table><tr><th>seed</th><th>d1</th><th>distinct source images</th><th>dominant share</th>"
+            f"<th>top source</th></tr>{rows}</table>")
+
+
+def pick_samples(result: dict, count: int, pick: str = "extremes") -> list[int]:
+    """Rows of the sample set that ``--attribution count`` attributes (see :data:`ATTRIBUTION_PICKS`)."""
+    n = int(result["samples"])
+    if pick not in ATTRIBUTION_PICKS:
+        raise PatchdbError(f"--attribution-pick {pick!r} is not one of {', '.join(ATTRIBUTION_PICKS)}")
+    if count < 1:
+        raise PatchdbError(f"--attribution {count}: give a number of samples, at least 1 (0 writes no page)")
+    if count > n:
+        raise PatchdbError(f"--attribution {count} asks for more samples than the {n} of {result['source']}; "
+                           f"pass at most {n}")
+    if pick == "first":
+        return list(range(count))
+    order = [int(r) for r in np.argsort([p["d1"] for p in result["per_sample"]], kind="stable")]
+    least = order[: (count + 1) // 2]
+    return least + [r for r in reversed(order) if r not in least][: count // 2]
+
+
+def check_attributable(manifest: dict, folder: str | os.PathLike) -> dict:
+    """The run's source if its manifest holds what attribution needs (one line naming the fix if not)."""
+    spec, settings = manifest.get("run_spec"), manifest.get("settings")
+    if not spec or not settings or "source" not in spec:
+        raise PatchdbError(f"{folder} records no run_spec in its manifest.json (an older run folder), so its engine "
+                           "cannot be rebuilt; rerun the patchdb sample command into a new folder to attribute it")
+    return source_of_run(manifest)
+
+
+def run_sample_metadata(manifest: dict, folder: str | os.PathLike) -> dict:
+    """The metadata ``patchdb sample --out X.h5`` records for one file (cli/sample.py), built from a run
+    folder's manifest (its ``run_spec`` and settings), so that ``patchdb attribute`` reads the run's samples
+    with the run's training set, engine and retrieval settings."""
+    from .runs.spec import load_source_dataset
+
+    source = check_attributable(manifest, folder)
+    spec, settings = manifest["run_spec"], manifest["settings"]
+    meta = {
+        "command": "sample", "from_run": str(folder), "run_settings_id": manifest.get("settings_id"),
+        "engine": settings["engine"], "machine": settings["machine"], "schedule": settings["schedule"],
+        "schedule_name": settings["schedule_name"], "steps": settings["steps"], "batch_size": spec["batch_size"],
+        "label": spec.get("label"), "dtype": spec["dtype"], "dataset_name": settings["dataset_name"],
+        "fingerprint": settings["dataset_fingerprint"],
+    }
+    if source["kind"] == "dataset":
+        data = load_source_dataset(source)
+        meta.update(device=spec["device"], block_mb=spec["block_mb"], dataset=data.meta, dataset_name=data.name)
+    else:
+        meta["index"] = source["path"]
+        if settings["engine"] == "approx":
+            meta.update({**spec["retrieval"], "retrieval": dict(spec["retrieval"])})
+        else:
+            meta.update(device=spec["device"], block_mb=spec["block_mb"])
+    return meta
+
+
+def attribute_samples(got, path: str | os.PathLike, rows: list[int], out: str | os.PathLike, pick: str = "extremes",
+                      mass: float = 0.9, max_contrib: int = 8, progress: bool = False, result: dict | None = None) -> dict:
+    """Attribute the samples ``rows`` of ``got`` (a :class:`patchdb.runs.folder.RunSet` read from ``path``,
+    a run folder or a sample file) as ``patchdb attribute`` does, and write the interactive page.
+
+    A run folder's samples first go to ``out/attribution-samples.h5``, a sample file with the metadata the
+    one-file ``patchdb sample`` records (:func:`run_sample_metadata`); a sample file is attributed in place.
+    Same engine, training set and retrieval settings as the samples were drawn with, and attribute's
+    check that the recomputed path reaches the stored samples. Writes ``out/attribution.attrib.h5`` and
+    ``out/attribution.html``; returns what the report records about them (with ``result``, the report's
+    numbers, each sample's nearest distance d1 too).
+    """
+    from .attribute import attribute_file, summarize, training_set_of
+    from .attribution_page import write_samples_page
+    from .store import read_samples, write_samples
+
+    start = time.perf_counter()
+    out, path = Path(out), Path(path)
+    if path.is_dir():
+        meta = run_sample_metadata(got.metadata, path)
+        samples_file, ids = out / ATTRIBUTION_SAMPLES, None
+        labels = None if got.labels is None else torch.from_numpy(np.asarray(got.labels)[rows])
+        write_samples(samples_file, torch.from_numpy(np.asarray(got.samples)[rows]), [int(got.seeds[r]) for r in rows],
+                      labels, meta["schedule"], meta)
+    else:
+        samples_file, ids = path, rows
+    attr, _ = attribute_file(samples_file, out / ATTRIBUTION_FILE, mass, max_contrib, ids, progress=progress)
+    stored = read_samples(samples_file)
+    train = training_set_of(stored["metadata"])
+    title = f"Where {len(rows)} samples of {path.name} came from"
+    page_path = write_samples_page(out / ATTRIBUTION_PAGE, attr, train, stored, force=True, title=title)
+    summary = summarize(attr, train.to_float(), train.labels)
+    d1 = [None if result is None else result["per_sample"][r]["d1"] for r in rows]
+    return {
+        "page": ATTRIBUTION_PAGE, "pick": pick, "rows": [int(r) for r in rows],
+        "seeds": [int(got.seeds[r]) for r in rows], "engine": attr.meta["engine"], "index": attr.meta["index"],
+        "retrieval": attr.meta["retrieval"], "mass": float(mass), "max_contrib": int(max_contrib),
+        "samples_file": ATTRIBUTION_SAMPLES if path.is_dir() else None, "attribution_file": ATTRIBUTION_FILE,
+        "max_d_diff": attr.meta["max_d_diff"], "page_bytes": page_path.stat().st_size,
+        "seconds": time.perf_counter() - start,
+        "per_sample": [{"row": int(r), "seed": int(got.seeds[r]), "d1": d, "distinct_images": s["distinct_images"],
+                        "dominant_share": s["dominant_share"], "top_source": s["top_source"]}
+                       for r, d, s in zip(rows, d1, summary)],
+    }
+
+
+def write_report(result: dict, png: bytes, out: str | os.PathLike, force: bool = False, attribution=None) -> Path:
+    """``out/report.json``, ``out/report.png`` and ``out/index.html``, each written atomically.
+
+    ``attribution``, when given, is called with the report folder once it exists (e.g. a closure over
+    :func:`attribute_samples`); what it returns is recorded as ``result["attribution"]`` and linked from
+    index.html."""
     with claimed(out, force, folder=True) as out:  # the one overwrite rule (store.claim_output)
         out.mkdir(exist_ok=True)
+        if attribution is not None:
+            result["attribution"] = attribution(out)
         with atomic_write(out / "report.json") as tmp:
             tmp.write_text(json.dumps(result, indent=1))
         with atomic_write(out / "report.png") as tmp:
