@@ -22,8 +22,8 @@ from .options import dataset_options, load_from_options
 @click.option("--partial", is_flag=True, help="Report on the finished shards of an unfinished run.")
 @click.option("--attribution", "attribution", type=click.IntRange(min=0), default=0, show_default=True,
               help="Attribute N samples (as patchdb attribute, with the run's own engine and settings) and write "
-                   "the interactive page attribution.html, linked from index.html; 0: none. Costs about one "
-                   "sampling of N samples.")
+                   "the interactive page attribution.html, linked from index.html; 0: none. Costs a few times "
+                   "the sampling of N samples (float64, every source tracked).")
 @click.option("--attribution-pick", type=click.Choice(["extremes", "first"]), default="extremes", show_default=True,
               help="Which samples --attribution takes: extremes = the least and the most novel by nearest distance "
                    "(as report.png), first = the first N seeds of the run.")
