@@ -330,7 +330,8 @@ def attribute_samples(got, path: str | os.PathLike, rows: list[int], out: str | 
     attr, _ = attribute_file(samples_file, out / ATTRIBUTION_FILE, mass, max_contrib, ids, progress=progress)
     stored = read_samples(samples_file)
     train = training_set_of(stored["metadata"])
-    title = f"Where {len(rows)} samples of {path.name} came from"
+    seeds = [int(got.seeds[r]) for r in rows]  # the page numbers its samples 0..N-1: the title names their seeds
+    title = f"Where {len(rows)} samples of {path.name} came from (seeds {', '.join(map(str, seeds))})"
     page_path = write_samples_page(out / ATTRIBUTION_PAGE, attr, train, stored, force=True, title=title)
     summary = summarize(attr, train.to_float(), train.labels)
     d1 = [None if result is None else result["per_sample"][r]["d1"] for r in rows]
