@@ -25,6 +25,7 @@ the end.
 
 from __future__ import annotations
 
+import json
 import resource
 import statistics
 import sys
@@ -168,11 +169,20 @@ def _exact_time(f, sched, batch: int, sizes: list[int]) -> dict[int, float]:
 @click.option("--reuse", type=int, default=Retrieval().reuse, show_default=True, help="Retrieval.reuse of the engine timed.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also time the engine with step-to-step reuse off (the engine before this change).")
-def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap, reuse, baseline):
+@click.option("--setting", "named", multiple=True,
+              help="NAME=JSON of Retrieval knobs, e.g. 'carry={\"reuse\": 4, \"across\": true, \"refresh\": 0.125}' "
+                   "(--scan-cap applies unless the JSON sets it); replaces --reuse, repeatable, they take turns.")
+def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap, reuse, baseline, named):
     """Seconds per sample against batch size, exact vs approximate, with the split of the approximate time."""
     sched = parse_schedule(schedule)
-    settings = {f"approx (reuse {reuse})": Retrieval(scan_cap=scan_cap, reuse=reuse)}
-    if baseline and reuse:
+    if named:
+        settings = {}
+        for item in named:
+            name, _, text = item.partition("=")
+            settings[name] = Retrieval.from_dict({"scan_cap": scan_cap, **json.loads(text)})
+    else:
+        settings = {f"approx (reuse {reuse})": Retrieval(scan_cap=scan_cap, reuse=reuse)}
+    if baseline and any(r.reuse for r in settings.values()):
         settings["approx, no reuse"] = Retrieval(scan_cap=scan_cap, reuse=0)
     print("| N | batch | engine | s/sample | search | re-rank | corners | tail | rest | exact s/sample (steps) | ratio | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

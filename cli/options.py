@@ -82,7 +82,8 @@ def parse_ints(text: str | None, what: str, count: int | None = None) -> list[in
 
 
 def retrieval_options(recorded: bool = False):
-    """--topk/--nprobe/--ef/--k-factor/--tail-correction/--scan-cap of the approximate engine.
+    """--topk/--nprobe/--ef/--k-factor/--tail-correction/--scan-cap of the approximate engine, and
+    (unless ``recorded``) --reuse/--across/--refresh, its step-to-step coherence.
 
     ``recorded``: the defaults are the settings a sample file records (attribute, query), so that
     attribution retrieves what the sampler retrieved; otherwise :class:`Retrieval`'s defaults.
@@ -112,6 +113,18 @@ def retrieval_options(recorded: bool = False):
                      help=say("With --index: a query stops scanning after this many times the codes its nprobe "
                               "lists hold on average (0: no cap)", base.scan_cap)),
     ]
+    if not recorded:  # step-to-step coherence: the sampler's; attribution re-runs steps one at a time
+        opts += [
+            click.option("--reuse", type=click.IntRange(min=0), default=base.reuse,
+                         help="With --index: at a step of the same patch size as the previous one, re-rank the "
+                              "reuse x topk candidates that ranked best there instead of searching (0: off)."),
+            click.option("--across/--no-across", default=base.across,
+                         help="With --reuse: carry candidates across patch-size changes too (same image and "
+                              "position, the new size), so only a trajectory's first step searches the index."),
+            click.option("--refresh", type=FiniteFloatRange(min=0), default=base.refresh,
+                         help="With --reuse: at a reused step also search for topk more candidates, scanning "
+                              "this fraction of a normal search's codes (0: no search)."),
+        ]
 
     def wrap(f):
         for opt in reversed(opts):
@@ -121,10 +134,12 @@ def retrieval_options(recorded: bool = False):
     return wrap
 
 
-def retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, base: Retrieval | None = None) -> Retrieval:
+def retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, base: Retrieval | None = None,
+                   reuse=None, across=None, refresh=None) -> Retrieval:
     """The :class:`Retrieval` of the options given (None: as in ``base``, else the default)."""
     return (base or Retrieval()).with_options(topk=topk, nprobe=nprobe, ef=ef, k_factor=k_factor,
-                                              tail_correction=tail_correction, scan_cap=scan_cap)
+                                              tail_correction=tail_correction, scan_cap=scan_cap,
+                                              reuse=reuse, across=across, refresh=refresh)
 
 
 def network_options(f):

@@ -94,8 +94,8 @@ class ApproxMachine:
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
         self._same_pos_cache: dict = {}  # key -> (norms, centres) of _same_position_terms
-        # Step-to-step reuse: the previous call (size, x, class ranges) and, per (sub-index, range), the
-        # ids of each query row's best-ranked candidates there.
+        # Step-to-step reuse: the previous call (size, x, class ranges) and, per class range, each query
+        # pixel's best-ranked candidates there as (image * H*W + position), -1 for none: (rows, H*W, M).
         self._previous: tuple | None = None
         self._best: dict = {}
 
@@ -168,13 +168,13 @@ class ApproxMachine:
         return out
 
     def _reusable(self, x: torch.Tensor, k: int, ranges) -> bool:
-        """Whether this call continues the previous one's trajectory at the same size (``Retrieval.reuse``):
-        same size, batch and class ranges, and every image correlated >= REUSE_MIN_CORRELATION with the
-        previous call's same row."""
+        """Whether this call continues the previous one's trajectory (``Retrieval.reuse``): same size (any
+        size with ``Retrieval.across``), batch and class ranges, and every image correlated
+        >= REUSE_MIN_CORRELATION with the previous call's same row."""
         if not self.retrieval.reuse or self._previous is None:
             return False
         k0, x0, key0 = self._previous
-        if k0 != k or x0.shape != x.shape or key0 != _ranges_key(ranges):
+        if (k0 != k and not self.retrieval.across) or x0.shape != x.shape or key0 != _ranges_key(ranges):
             return False
         u, v = x.flatten(1).double(), x0.flatten(1).double()
         u, v = u - u.mean(1, keepdim=True), v - v.mean(1, keepdim=True)
@@ -192,7 +192,11 @@ class ApproxMachine:
         geom = geometry(self.machine, k, x.shape[-2], x.shape[-1])
         a, b = alpha_sigma(t)
         queries = unfold_windows(x, k, geom.query_padding)  # (B, d, HW)
-        out = torch.empty(x.shape[0], x.shape[1], x.shape[-2] * x.shape[-1], dtype=x.dtype)
+        hw = x.shape[-2] * x.shape[-1]
+        out = torch.empty(x.shape[0], x.shape[1], hw, dtype=x.dtype)
+        keep = self.topk * self.retrieval.reuse
+        if keep:
+            self._best = {(lo, hi): torch.full((len(rows), hw, keep), -1, dtype=torch.long) for rows, lo, hi in ranges}
         bounds, tails = [], []
         for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.family in EXACT_FAMILIES or not entry.indexed:
@@ -201,17 +205,21 @@ class ApproxMachine:
                     out[rows.view(-1, 1), :, grp.query_pos.view(1, -1)] = val.permute(0, 2, 1).to(out.dtype)
                 continue
             for g in range(grp.query_pos.shape[0]):
-                qpos = grp.query_pos[g]
+                qpos, cand_pos = grp.query_pos[g], grp.cand_pos[g]
                 for rows, lo, hi in ranges:
                     q = queries[rows][:, :, qpos].permute(0, 2, 1).reshape(-1, queries.shape[1])  # (b*m, d)
                     # Logits in float64 whatever the dtype: at t = 0.05 they reach ~1e3 and float32 would
                     # cost ~1e-5 in D; the re-rank is a small part of the time.
                     q = q.double()
-                    val, bound, tail = self._approx(q, (k, i, g), entry, grp.cand_pos[g], a, b, lo, hi,
-                                                    carried.get(((k, i, g), lo, hi)))
+                    memory = carried.get((lo, hi))
+                    ids = None if memory is None else _carried_ids(memory[:, qpos], cand_pos, entry.per_image, hw)
+                    val, bound, tail, best = self._approx(q, (k, i, g), entry, cand_pos, a, b, lo, hi, ids)
                     bounds.append(bound)
                     if tail is not None:
                         tails.append(tail)
+                    if best is not None:  # (b*m, M) ids -> (image * H*W + position) per query pixel
+                        enc = (best // entry.per_image) * hw + cand_pos[best.clamp(min=0) % entry.per_image]
+                        self._best[(lo, hi)][:, qpos, : best.shape[1]] = enc.masked_fill_(best < 0, -1).view(len(rows), len(qpos), -1)
                     out[rows.view(-1, 1), :, qpos.view(1, -1)] = val.view(len(rows), len(qpos), -1).to(out.dtype)
         return out.view_as(x), (bounds or [torch.zeros(0)], tails)
 
@@ -282,12 +290,12 @@ class ApproxMachine:
         (R, P): the candidates the previous step ranked best (step-to-step reuse), searched for when None."""
         per_image = entry.per_image
         id_lo, id_hi = lo * per_image, hi * per_image
-        whole = lo == 0 and hi == self.n_images
+        id_range = None if lo == 0 and hi == self.n_images else (id_lo, id_hi)
         if carried is not None and carried.shape[0] == q.shape[0]:
-            ids = carried
+            ids = self._with_fresh(carried, q / a, key, entry, id_range, id_hi - id_lo)
         else:
             want = self.retrieval.wanted(entry, id_hi - id_lo)
-            ids = self.retrieval.search(self.file.index(*key), q / a, want, None if whole else (id_lo, id_hi))
+            ids = self.retrieval.search(self.file.index(*key), q / a, want, id_range)
         n_total = id_hi - id_lo
         blank = self._blank(key, lo, hi, cand_pos, per_image)
         sample = self.retrieval.tail_sample(key, id_lo, id_hi)
@@ -301,9 +309,25 @@ class ApproxMachine:
             bounds.append(bd)
             tails.append(tl)
             best.append(bs)
-        if self.retrieval.reuse:
-            self._best[(key, lo, hi)] = torch.cat(best)
-        return torch.cat(vals), torch.cat(bounds), (torch.cat(tails) if sample is not None else None)
+        best = torch.cat(best) if self.retrieval.reuse else None
+        return torch.cat(vals), torch.cat(bounds), (torch.cat(tails) if sample is not None else None), best
+
+    def _with_fresh(self, carried: torch.Tensor, q: torch.Tensor, key, entry: Entry, id_range, available: int) -> torch.Tensor:
+        """The carried candidates (R, M) of a reused step, plus (``Retrieval.refresh``) ``topk`` found by a
+        light search, duplicates dropped; rows left without any carried candidate (a pixel that had none
+        at this size's positions) are searched as usual."""
+        ids = carried
+        if self.retrieval.refresh:
+            found = self.retrieval.search(self.file.index(*key), q, min(self.topk, available), id_range,
+                                          scan=self.retrieval.refresh)
+            ids = _unique_rows(torch.cat([carried, found], 1))
+        empty = (ids < 0).all(1).nonzero().view(-1)
+        if empty.numel():
+            found = self.retrieval.search(self.file.index(*key), q[empty], self.retrieval.wanted(entry, available), id_range)
+            width = max(ids.shape[1], found.shape[1])
+            ids = torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=-1)
+            ids[empty] = torch.nn.functional.pad(found, (0, width - found.shape[1]), value=-1)
+        return ids
 
     def _blank(self, key, lo: int, hi: int, cand_pos: torch.Tensor, per_image: int):
         """The blank windows of images ``[lo, hi)`` that loading took out of sub-index ``key``, as one
@@ -366,6 +390,26 @@ class ApproxMachine:
         log_tail = torch.logsumexp(logits, dim=1)
         acc.add(logits.unsqueeze(1), values.unsqueeze(0).expand(q.shape[0], -1, -1))
         return torch.sigmoid(log_tail - log_z)
+
+
+def _carried_ids(memory: torch.Tensor, cand_pos: torch.Tensor, per_image: int, hw: int) -> torch.Tensor:
+    """Candidate ids of a sub-index for query pixels whose best windows were (image * H*W + position)
+    ``memory`` (b, m, M): the same image and position in this sub-index, -1 where the position is none
+    of its candidate positions (another size's geometry) or there was none. (b*m, M)."""
+    column = torch.full((hw,), -1, dtype=torch.long)
+    column[cand_pos] = torch.arange(len(cand_pos))
+    enc = memory.reshape(-1, memory.shape[-1])
+    j = column[enc.clamp(min=0) % hw]
+    ok = (enc >= 0) & (j >= 0)
+    return torch.where(ok, (enc // hw) * per_image + j, torch.full_like(enc, -1))
+
+
+def _unique_rows(ids: torch.Tensor) -> torch.Tensor:
+    """Each row's ids with repeats set to -1 (a candidate counted twice would weigh twice)."""
+    order = ids.sort(1).values
+    repeat = torch.zeros_like(order, dtype=torch.bool)
+    repeat[:, 1:] = (order[:, 1:] == order[:, :-1]) & (order[:, 1:] >= 0)
+    return order.masked_fill_(repeat, -1)
 
 
 def _ranges_key(ranges) -> tuple:

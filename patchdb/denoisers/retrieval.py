@@ -51,6 +51,12 @@ class Retrieval:
         same batch (same labels, every image correlated >= 0.9 with the previous call's), a query window
         skips the index and re-ranks the ``R * topk`` candidates that had the best exact weights at the
         previous step (12 of the 20 steps of the Fashion-MNIST schedules); 0: search at every step.
+    across : with ``reuse``, carry the candidates across patch-size changes too: a query pixel re-ranks
+        the windows (same training image, same position, the new size) that ranked best for it at the
+        previous step, so only the first step of a trajectory searches the index.
+    refresh : with ``reuse``, a step that re-ranks carried candidates also searches the index for
+        ``topk`` more, scanning ``refresh`` times the codes of a normal search (its scan cap scaled),
+        nearest lists first; 0: no search at those steps.
     """
 
     topk: int = DEFAULT_TOPK
@@ -61,17 +67,21 @@ class Retrieval:
     tail_correction: int = DEFAULT_TAIL_CORRECTION
     tail_seed: int = 0
     reuse: int = DEFAULT_REUSE
+    across: bool = False
+    refresh: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.topk) < 1:
             raise PatchdbError(f"--topk must be at least 1, got {self.topk}")
-        if not (self.scan_cap >= 0 and math.isfinite(self.scan_cap)):
-            raise PatchdbError(f"--scan-cap must be 0 (no cap) or positive, got {self.scan_cap}")
+        for name in ("scan_cap", "refresh"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise PatchdbError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(self, name)}")
         for name in ("nprobe", "ef", "k_factor", "tail_correction", "reuse"):
             if int(getattr(self, name)) < 0:
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         for f in fields(self):  # normalise types so that equal settings compare and record equal
-            object.__setattr__(self, f.name, float(getattr(self, f.name)) if f.name == "scan_cap" else int(getattr(self, f.name)))
+            kind = float if f.name in ("scan_cap", "refresh") else bool if f.name == "across" else int
+            object.__setattr__(self, f.name, kind(getattr(self, f.name)))
 
     def with_options(self, **options) -> Retrieval:
         """A copy with some knobs changed (None leaves a knob as it is)."""
@@ -94,9 +104,11 @@ class Retrieval:
         """How many candidates to search for: K times the re-rank factor, never more than exist."""
         return min(self.topk * self.factor(entry), available)
 
-    def search(self, index, queries: torch.Tensor, want: int, id_range: tuple[int, int] | None) -> torch.Tensor:
-        """:func:`search_ids` with these settings."""
-        return search_ids(index, queries, want, self.nprobe, self.ef, id_range, self.scan_cap)
+    def search(self, index, queries: torch.Tensor, want: int, id_range: tuple[int, int] | None,
+               scan: float = 1.0) -> torch.Tensor:
+        """:func:`search_ids` with these settings; ``scan`` scales the scan cap (a lighter search)."""
+        cap = self.scan_cap * scan if self.scan_cap else scan if scan < 1 else 0.0
+        return search_ids(index, queries, want, self.nprobe, self.ef, id_range, cap)
 
     def tail_sample(self, key: tuple[int, int, int], id_lo: int, id_hi: int) -> torch.Tensor | None:
         """The uniform tail sample (m,) of ids ``[id_lo, id_hi)`` of sub-index ``key``; None when off.
