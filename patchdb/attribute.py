@@ -345,6 +345,11 @@ def attribute_file(
         settings = None
         if index is not None:
             settings = (retrieval or recorded_retrieval(meta)).with_options(topk=topk)
+            if settings.reuse:
+                raise PatchdbError(
+                    f"{path} was drawn with --reuse {settings.reuse} (candidates carried from step to step), which "
+                    "attribution cannot replay: it searches the index at every step; explain these samples with "
+                    f"patchdb attribute {shlex.quote(str(path))} --exact, or draw the samples to explain without --reuse")
         return _attribute_file(data, path, out, mass, max_contrib, samples, dataset, root, dtype, block_bytes,
                                progress, index, settings)
 

@@ -81,3 +81,19 @@ def test_query_reuses_the_recorded_index(drawn):
     via_file = CliRunner().invoke(main, args + ["--index", str(drawn / "i.h5"), "--topk", "8", "--nprobe", "3",
                                                 "--scan-cap", "0.5"])
     assert json.loads(res.stdout) == json.loads(via_file.stdout)
+
+
+def test_samples_drawn_with_reuse_are_refused_before_any_work_and_explained_exactly(drawn):
+    """Attribution searches at every step, so it cannot replay candidates carried between steps
+    (--reuse/--across): one line naming the fix; --exact explains the same samples with the exact engine."""
+    runner = CliRunner()
+    res = runner.invoke(main, ["sample", "--index", str(drawn / "i.h5"), "-s", "3,5,5,3", "--topk", "8", "--reuse", "2",
+                               "--across", "--refresh", "0.5", "--num", "2", "--seed", "5", "--out", str(drawn / "r.h5")])
+    assert res.exit_code == 0, res.output
+    meta = read_samples(drawn / "r.h5")["metadata"]
+    assert Retrieval.from_dict(meta["retrieval"]) == Retrieval(topk=8, reuse=2, across=True, refresh=0.5)
+    res = runner.invoke(main, ["attribute", str(drawn / "r.h5"), "--out", str(drawn / "r.attrib.h5")])
+    assert res.exit_code == 2 and "drawn with --reuse 2" in res.output and "--exact" in res.output, res.output
+    assert not (drawn / "r.attrib.h5").exists()
+    res = runner.invoke(main, ["attribute", str(drawn / "r.h5"), "--exact", "--out", str(drawn / "r.attrib.h5")])
+    assert res.exit_code == 0, res.output
