@@ -81,6 +81,10 @@ def test_window_terms_equal_dot_products_of_gathered_windows(pixels):
         assert dots.dtype == norms.dtype == torch.float64
         assert torch.allclose(dots, torch.einsum("rpd,rd->rp", win, q), rtol=0, atol=1e-12)
         assert torch.allclose(norms, win.square().sum(-1), rtol=0, atol=1e-12)
+        # The centres read from the same gathered codes are the pixels centres() reads, bit for bit.
+        _, _, centres = src.window_terms(q, img, pos, k, with_centres=True)
+        assert torch.equal(centres, src.centres(img, pos).double())
+        assert torch.equal(centres, ref[img, :, pos].view(5, 6, 2, k * k)[..., (k * k) // 2])
 
 
 def test_vectors_follow_the_id_rule(built):

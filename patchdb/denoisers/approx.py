@@ -343,10 +343,10 @@ class ApproxMachine:
         valid = ids >= 0
         safe = ids.clamp(min=0)
         img, pos = safe // per_image, cand_pos[safe % per_image]
-        dots, norms = self.source.window_terms(q, img, pos, k)
+        dots, norms, centres = self.source.window_terms(q, img, pos, k, with_centres=True)
         logits = expanded_logits(q, dots, norms, a, b).masked_fill_(~valid, -math.inf)
         acc = SoftmaxAccumulator((q.shape[0], 1), self.source.channels, q.dtype, q.device)
-        acc.add(logits.clone().unsqueeze(1), with_ones(self.source.centres(img, pos).double()))
+        acc.add(logits.clone().unsqueeze(1), with_ones(centres))
         exact = valid.sum(1)  # candidates whose weight is computed exactly: retrieved ...
         if blank is not None:  # ... and the blank windows: one identical vector, `count` times
             window, centre, count, _ = blank

@@ -552,14 +552,14 @@ def index_contributors(
             img, pos, valid, mult = _retrieve(index, src, k, entry_i, entry, g, grp.cand_pos[g], q, retrieval, lo, hi, a)
             # Logits and their normalisation in float64 whatever x.dtype, as the engine does: at t ~ 1 the
             # query x / a is ~80 in size and float32 logits moved D by up to 2e-3 against the engine's.
-            dots, norms = src.window_terms(q, img, pos, k)  # (R, P) each, the engine's re-rank terms
+            dots, norms, centres = src.window_terms(q, img, pos, k, with_centres=True)  # the engine's re-rank terms
             if distance:
                 logits = dots.sub_(norms.mul_(0.5))
             else:
                 logits = expanded_logits(q, dots, norms, a, bb).add_(mult)  # distances stay per window
             logits.masked_fill_(~valid, float("-inf"))
             ids = torch.where(valid, img * (h * w) + pos, torch.full_like(img, -1))
-            _fill_rows(out, logits, ids, src.centres(img, pos).double(), qpos, b, m, mass, FAMILY_CODE[grp.family])
+            _fill_rows(out, logits, ids, centres, qpos, b, m, mass, FAMILY_CODE[grp.family])
     out.denoised = out.denoised.view(b, c, h, w)
     return out
 

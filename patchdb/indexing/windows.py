@@ -52,7 +52,8 @@ class PatchSource:
         view = self.padded.as_strided((self.n, c, hp - k + 1, wp - k + 1, k, k), (c * hp * wp, hp * wp, wp, 1, wp, 1))
         return view[image, :, y, x].reshape(*torch.broadcast_shapes(image.shape, pos.shape), c * k * k)
 
-    def window_terms(self, q: torch.Tensor, image: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def window_terms(self, q: torch.Tensor, image: torch.Tensor, pos: torch.Tensor, k: int,
+                     with_centres: bool = False) -> tuple[torch.Tensor, ...]:
         """``(q_r . phi_rj, |phi_rj|^2)`` (R, P) float64 for query rows ``q`` (R, C*k*k) and the windows
         at ``image``, ``pos`` (R, P): what the re-rank needs, without the (R, P, C*k*k) float windows.
 
@@ -65,6 +66,9 @@ class PatchSource:
         between blocks and calls: a fresh multi-MB tensor per block is fresh memory, and its page faults
         made the int16 -> float64 conversion the largest single cost of a re-rank (15 of 51 s in a k = 13
         profile; 14x slower than copying into an existing buffer, measured).
+
+        ``with_centres``: also the windows' centre pixels (R, P, C) float64, read from the codes already
+        gathered (one random read per candidate less than :meth:`centres`; the same values bit for bit).
         """
         codes = self._int16_codes()
         r, p = image.shape
@@ -77,6 +81,10 @@ class PatchSource:
         qd = q.double().unsqueeze(-1) / 255.0  # (R, d, 1)
         dots = torch.empty(r, p, dtype=torch.float64)
         norms = torch.empty(r, p, dtype=torch.float64)
+        if with_centres:
+            centres = torch.empty(r, p, c, dtype=torch.float64)
+            middle = torch.arange(c) * (k * k) + (k // 2) * (k + 1)  # feature index of each channel's centre
+            pixel = self._pixel_values()
         step = max(1, TERM_BLOCK_ELEMENTS // max(1, p * d))
         gathered = self._scratch("codes", step * p * d, torch.int16)
         windows = self._scratch("windows", step * p * d, torch.float64)
@@ -87,7 +95,21 @@ class PatchSource:
             w = windows[: n * p * d].view(n, p, d).copy_(g.view(n, p, d))  # codes, exact in float64
             torch.bmm(w, qd[s : s + n], out=dots[s : s + n].unsqueeze(-1))
             norms[s : s + n] = torch.einsum("rpd,rpd->rp", w, w)
+            if with_centres:
+                centres[s : s + n] = pixel[g.view(n, p, d)[:, :, middle].long() + 255]
+        if with_centres:
+            return dots, norms.div_(255.0 * 255.0), centres
         return dots, norms.div_(255.0 * 255.0)
+
+    def _pixel_values(self) -> torch.Tensor:
+        """Pixel value of each code ``2 w - 255`` (index ``code + 255``), as :meth:`centres` reads it from
+        the images (``w / 127.5 - 1`` in their dtype); the padding's code 0 is not a pixel and maps to 0."""
+        if "pixel" not in self._buffers:
+            w = torch.arange(256, dtype=self.padded.dtype).div_(127.5).sub_(1.0)
+            table = torch.zeros(511, dtype=torch.float64)
+            table[torch.arange(256) * 2] = w.double()
+            self._buffers["pixel"] = table
+        return self._buffers["pixel"]
 
     def _scratch(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """A scratch tensor of at least ``numel`` elements, kept between calls."""
