@@ -78,7 +78,7 @@ class PatchSource:
         rows = codes.as_strided((codes.numel() - k + 1, k), (1, 1))
         row_off = (torch.arange(c).view(-1, 1) * (hp * wp) + torch.arange(k).view(1, -1) * wp).view(-1)  # (C*k,)
         base = self._base(image, pos, self.pad - k // 2)  # (R, P) flat offset of each window's top-left pixel
-        qd = q.double().unsqueeze(-1) / 255.0  # (R, d, 1)
+        qd = q.double() / 255.0  # (R, d)
         dots = torch.empty(r, p, dtype=torch.float64)
         norms = torch.empty(r, p, dtype=torch.float64)
         if with_centres:
@@ -93,8 +93,10 @@ class PatchSource:
             offs = (base[s : s + n].unsqueeze(-1) + row_off).view(-1)
             g = torch.index_select(rows, 0, offs, out=gathered[: n * p * d].view(-1, k))
             w = windows[: n * p * d].view(n, p, d).copy_(g.view(n, p, d))  # codes, exact in float64
-            torch.bmm(w, qd[s : s + n], out=dots[s : s + n].unsqueeze(-1))
-            norms[s : s + n] = torch.einsum("rpd,rpd->rp", w, w)
+            # vecdot: 1.3-3x faster than bmm / einsum for these many short products (measured, d = 9-169);
+            # the norms are sums of squared integer codes, exact in any order.
+            torch.linalg.vecdot(w, qd[s : s + n].view(n, 1, d), out=dots[s : s + n])
+            torch.linalg.vecdot(w, w, out=norms[s : s + n])
             if with_centres:
                 centres[s : s + n] = pixel[g.view(n, p, d)[:, :, middle].long() + 255]
         if with_centres:
