@@ -1,5 +1,5 @@
 """r^2 of approximate samples against exact ones from the same noise, for Retrieval settings given as JSON
-(the reuse figures of README.md; `patchdb validate` has no --reuse option yet).
+(the N = 1,000 reuse figures of README.md; at N = 60,000 `patchdb validate --reuse` is used).
 
     OMP_NUM_THREADS=1 python docs/results/throughput/accuracy.py INDEX.h5 4 '{"reuse": 0}' '{"reuse": 4}' '{"reuse": 2}'
 

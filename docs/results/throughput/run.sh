@@ -1,17 +1,65 @@
 #!/usr/bin/env bash
-# The throughput table of README.md in this folder (issue 27). Run from the repository root.
-# INDEX: an index file of the first 1,000 Fashion-MNIST training images, bbELS, the whole
-# fashion-mnist-resnet-zeros schedule, built with:
-#   OMP_NUM_THREADS=1 patchdb build --dataset fashion-mnist --root ../shared/data/fashion-mnist --limit 1000 \
-#       --machine bbels --scales fashion-mnist-resnet-zeros --out "$INDEX"
+# The throughput figures of README.md in this folder (issue 27). Run from the repository root.
 set -euo pipefail
-INDEX=${1:?usage: run.sh INDEX.h5 [more index files]}
-shift
+. "$(dirname "$0")/../common.sh"
+
+# --- N = 60,000 (the afternoon section) ------------------------------------------------------------
+# 1. The index of all 60,000 Fashion-MNIST training images, whole schedule (56 min with 2 threads).
+INDEX=indexes/fmnist-bbels.h5
+[ -f "$INDEX" ] || OMP_NUM_THREADS=2 patchdb build --dataset fashion-mnist --root "$DATA/fashion-mnist" \
+    --machine bbels --scales fashion-mnist-resnet-zeros --memory 8GiB --out "$INDEX"
+# 2. The stored exact samples of docs/results/fm60k-validate, one file per kind (validate adds to it).
+python - "$OUT" <<'PY'
+import glob, sys, h5py
+from patchdb.store import ExactSamples, metadata
+out = sys.argv[1]
+for kind in ("uncond", "cond"):
+    files = sorted(glob.glob(f"docs/results/fm60k-validate/exact-{kind}-*.h5"))
+    with h5py.File(files[0], "r") as f:
+        key = metadata(f)
+    merged = ExactSamples(f"{out}/exact-{kind}20.h5", key)
+    for p in files:
+        merged.entries.update(ExactSamples(p, key).entries)
+    (seed, label), (traj, sample, sec) = next(iter(sorted(merged.entries.items())))
+    import torch
+    merged.store([seed], None if label < 0 else torch.tensor([label]), traj.unsqueeze(1), sample.unsqueeze(0), sec)
+PY
+# 3. Accuracy against them, two one-thread runs side by side (~8-11 min each here).
+V="patchdb validate $INDEX -s fashion-mnist-resnet-zeros --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --force"
+run() {  # NAME KIND FLAGS...
+    local name=$1 kind=$2; shift 2
+    local lab=""; [ "$kind" = cond ] && lab="--label all"
+    cp "$OUT/exact-${kind}20.h5" "$OUT/ex-$kind-$name.h5"
+    OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=7GiB $V $lab "$@" --exact-samples "$OUT/ex-$kind-$name.h5" \
+        --json-out "$OUT/validate-$name-$kind.json"
+}
+run r4 uncond --reuse 4 & run r4 cond --reuse 4 & wait
+run carry4 uncond --reuse 4 --across --refresh 0.125 & run carry4 cond --reuse 4 --across --refresh 0.125 & wait
+run carry4f05 uncond --reuse 4 --across --refresh 0.5
+# 4. Throughput of patchdb sample with --reuse 4: one worker at batch 16, two at batch 16 and 64.
+OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=7GiB python benchmarks/scale.py measure --index "$INDEX" --num 16 --workers 1 \
+    --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w1-b16.json"
+OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --index "$INDEX" --num 32 --workers 2 \
+    --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w2-b16.json"
+OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --index "$INDEX" --num 128 --workers 2 \
+    --batch 64 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w2-b64.json"
+
+# --- N = 1,000 (the morning section) ----------------------------------------------------------------
+# INDEX1K: an index file of the first 1,000 Fashion-MNIST training images, bbELS, the whole schedule.
+INDEX1K="$OUT/fm1k.h5"
+[ -f "$INDEX1K" ] || OMP_NUM_THREADS=1 patchdb build --dataset fashion-mnist --root "$DATA/fashion-mnist" --limit 1000 \
+    --machine bbels --scales fashion-mnist-resnet-zeros --out "$INDEX1K"
 # Approximate engine with step-to-step reuse 4 and without (the default), exact engine on sizes 3, 9, 17
-# (7 of the 20 steps), batch 1 and 8, one thread.
-OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX" "$@" --batch 1 --batch 8 --scan-cap 0.5 --reuse 4 \
+# (7 of the 20 steps), batch 1, 8 and 16, one thread.
+OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX1K" --batch 1 --batch 8 --scan-cap 0.5 --reuse 4 \
     --exact-sizes 3,9,17
-OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX" "$@" --batch 4 --scan-cap 0.5 --reuse 4 --exact-sizes none
-OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX" "$@" --batch 16 --scan-cap 0.5 --reuse 4 --exact-sizes 3,9,17
+OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX1K" --batch 4 --scan-cap 0.5 --reuse 4 --exact-sizes none
+OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX1K" --batch 16 --scan-cap 0.5 --reuse 4 --exact-sizes 3,9,17
+# Carried candidates at N = 1,000, settings taking turns (README, N = 1,000 carry rows):
+OMP_NUM_THREADS=1 python benchmarks/throughput.py "$INDEX1K" --batch 16 --exact-sizes none --no-baseline --scan-cap 0.5 \
+    --setting 'carry={"reuse": 4, "across": true, "refresh": 0.125}' \
+    --setting 'carry2={"reuse": 2, "across": true, "refresh": 0.125}' --setting 'reuse4={"reuse": 4}'
+OMP_NUM_THREADS=1 python docs/results/throughput/accuracy.py "$INDEX1K" 4 '{"reuse": 4}' '{"reuse": 4, "across": true}' \
+    '{"reuse": 4, "across": true, "refresh": 0.125}'
 # The engine before issue 27 (git 17050b7), whole samples from the same seeds, for the same index:
 #   git archive 17050b7 patchdb cli | tar -x -C OLD && PYTHONPATH=OLD python - ... (see README.md)
