@@ -15,38 +15,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
-from click.testing import CliRunner
-from patchdb.cli.main import main
 from test_attribution_page import browser, check_listed, hover, open_page, pick_sample  # noqa: F401 (browser: a fixture)
+from test_runs import ok, run, tiny  # noqa: F401 (tiny: a fixture; the same data as the run tests)
 
 from patchdb.attribute import read_attribution
 from patchdb.attribution_page import WEIGHT_BITS, unshuffle_bytes
 from patchdb.runs import open_run
 from patchdb.runs.spec import absolute_source, relative_paths
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """100 embedded MNIST digits pooled to 16x16 with their labels, as an .npz dataset."""
-    from patchdb.data import load_dataset
-
-    ds = load_dataset(None, limit=100)
-    x = torch.nn.functional.avg_pool2d(ds.images.float(), 2).round().to(torch.uint8)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, images=x.permute(0, 2, 3, 1).numpy(), labels=ds.labels.numpy())
-    return path
-
-
-def run(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(args):
-    res = run(args)
-    assert res.exit_code == 0, res.output
-    return res
 
 
 def refused(args, needle: str):
