@@ -36,6 +36,7 @@ run() {  # NAME KIND FLAGS...
 run r4 uncond --reuse 4 & run r4 cond --reuse 4 & wait
 run carry4 uncond --reuse 4 --across --refresh 0.125 & run carry4 cond --reuse 4 --across --refresh 0.125 & wait
 run carry4f05 uncond --reuse 4 --across --refresh 0.5
+run r2 uncond --reuse 2 & run r2 cond --reuse 2 & wait
 # 4. Throughput of patchdb sample with --reuse 4: one worker at batch 16, two at batch 16 and 64.
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=7GiB python benchmarks/scale.py measure --index "$INDEX" --num 16 --workers 1 \
     --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w1-b16.json"
