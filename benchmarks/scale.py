@@ -34,10 +34,10 @@ def cli():
 
 def _one(args: list[str], workers: int) -> dict:
     """Run one ``patchdb sample`` in a child and report wall time and peak memory per worker."""
-    # The child dies with this script (prctl PR_SET_PDEATHSIG on Linux), and its workers with it: a killed
-    # benchmark must not leave a sampler and its workers running beside the next measurement.
-    code = ("import ctypes, json, resource, signal, sys, time\n"
-            "try:\n    ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)\nexcept (OSError, AttributeError):\n    pass\n"
+    # The child dies with this script (the run workers' own PR_SET_PDEATHSIG), and its workers with it: a
+    # killed benchmark must not leave a sampler and its workers running beside the next measurement.
+    code = ("import json, resource, sys, time\n"
+            "from patchdb.runs.work import _die_with_parent\n_die_with_parent()\n"
             "from patchdb.cli.main import main\n"
             "t = time.perf_counter()\ncode = 0\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"

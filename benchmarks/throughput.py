@@ -62,31 +62,16 @@ class _Split:
         self.per_size = defaultdict(float)  # k -> seconds of whole denoiser calls
         _install_search_timer()
         for name, part in (("_rerank", "rerank"), ("_exact_same_position", "corners"), ("_add_tail", "tail")):
-            self._wrap(engine, name, part)
-        denoise = engine.denoise
+            if hasattr(engine, name):
+                setattr(engine, name, _timed(getattr(engine, name), lambda sec, args, kw, part=part: self._add(part, sec)))
 
-        def timed_denoise(x, t, k=None, labels=None):
-            start = time.perf_counter()
-            try:
-                return denoise(x, t, k=k, labels=labels)
-            finally:
-                self.per_size[k] += time.perf_counter() - start
+        def per_size(sec, args, kwargs):  # denoise(x, t, k=k, labels=labels): seconds of whole calls per size
+            self.per_size[kwargs.get("k", args[2] if len(args) > 2 else None)] += sec
 
-        engine.denoise = timed_denoise
+        engine.denoise = _timed(engine.denoise, per_size)
 
-    def _wrap(self, owner, name: str, part: str) -> None:
-        fn = getattr(owner, name, None)
-        if fn is None:
-            return
-
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.spent[part] += time.perf_counter() - start
-
-        setattr(owner, name, wrapper)
+    def _add(self, part: str, seconds: float) -> None:
+        self.spent[part] += seconds
 
     def reset(self) -> None:
         self.spent.clear()
@@ -101,15 +86,24 @@ def _install_search_timer() -> None:
     if retrieval_module.search_ids is not _SEARCH_IDS:
         return
 
-    def timed(*args, **kwargs):
+    def charge(sec, args, kwargs):
+        if _RUNNING[0] is not None:
+            _RUNNING[0].spent["search"] += sec
+
+    retrieval_module.search_ids = _timed(_SEARCH_IDS, charge)
+
+
+def _timed(fn, charge):
+    """``fn`` that passes its wall seconds, and the call's arguments, to ``charge(seconds, args, kwargs)``."""
+
+    def wrapper(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return _SEARCH_IDS(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
-            if _RUNNING[0] is not None:
-                _RUNNING[0].spent["search"] += time.perf_counter() - start
+            charge(time.perf_counter() - start, args, kwargs)
 
-    retrieval_module.search_ids = timed
+    return wrapper
 
 
 def _approx_runs(f, sched, batch: int, settings: dict[str, Retrieval], repeat: int) -> dict[str, dict]:
