@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from patchdb.errors import PatchdbError
 from patchdb.store import claim_output
 
 from .options import dataset_options, load_from_options
@@ -42,6 +41,7 @@ def command(run, out, index_file, dataset, root, split, download, limit, only_cl
         Training,
         attribute_samples,
         check_attributable,
+        check_attribution_count,
         pick_samples,
         picture,
         report,
@@ -56,9 +56,7 @@ def command(run, out, index_file, dataset, root, split, download, limit, only_cl
     claim_output(out, force, folder=True)  # refused before the work, not after it
     got = load_samples(run, partial=partial)
     if attribution:  # refused before the work, not after it
-        if attribution > len(got.seeds):
-            raise PatchdbError(f"--attribution {attribution} asks for more samples than the {len(got.seeds)} of {run}; "
-                               f"pass at most {len(got.seeds)}")
+        check_attribution_count(attribution, len(got.seeds), run)
         if run_path.is_dir():
             check_attributable(got.metadata, run)
     asked = dataset != "embedded" or limit is not None

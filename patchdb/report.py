@@ -253,16 +253,20 @@ def pick_samples(result: dict, count: int, pick: str = "extremes") -> list[int]:
     n = int(result["samples"])
     if pick not in ATTRIBUTION_PICKS:
         raise PatchdbError(f"--attribution-pick {pick!r} is not one of {', '.join(ATTRIBUTION_PICKS)}")
-    if count < 1:
-        raise PatchdbError(f"--attribution {count}: give a number of samples, at least 1 (0 writes no page)")
-    if count > n:
-        raise PatchdbError(f"--attribution {count} asks for more samples than the {n} of {result['source']}; "
-                           f"pass at most {n}")
+    check_attribution_count(count, n, result["source"])
     if pick == "first":
         return list(range(count))
     order = [int(r) for r in np.argsort([p["d1"] for p in result["per_sample"]], kind="stable")]
     least = order[: (count + 1) // 2]
     return least + [r for r in reversed(order) if r not in least][: count // 2]
+
+
+def check_attribution_count(count: int, n: int, source) -> None:
+    """``--attribution count`` of a set of ``n`` samples: at least 1, at most ``n`` (one line if not)."""
+    if count < 1:
+        raise PatchdbError(f"--attribution {count}: give a number of samples, at least 1 (0 writes no page)")
+    if count > n:
+        raise PatchdbError(f"--attribution {count} asks for more samples than the {n} of {source}; pass at most {n}")
 
 
 def check_attributable(manifest: dict, folder: str | os.PathLike) -> dict:
@@ -337,7 +341,7 @@ def attribute_samples(got, path: str | os.PathLike, rows: list[int], out: str | 
     d1 = [None if result is None else result["per_sample"][r]["d1"] for r in rows]
     return {
         "page": ATTRIBUTION_PAGE, "pick": pick, "rows": [int(r) for r in rows],
-        "seeds": [int(got.seeds[r]) for r in rows], "engine": attr.meta["engine"], "index": attr.meta["index"],
+        "seeds": seeds, "engine": attr.meta["engine"], "index": attr.meta["index"],
         "retrieval": attr.meta["retrieval"], "mass": float(mass), "max_contrib": int(max_contrib),
         "samples_file": ATTRIBUTION_SAMPLES if path.is_dir() else None, "attribution_file": ATTRIBUTION_FILE,
         "max_d_diff": attr.meta["max_d_diff"], "page_bytes": page_path.stat().st_size,
