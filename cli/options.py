@@ -83,7 +83,7 @@ def parse_ints(text: str | None, what: str, count: int | None = None) -> list[in
 
 def retrieval_options(recorded: bool = False):
     """--topk/--nprobe/--ef/--k-factor/--tail-correction/--scan-cap of the approximate engine, and
-    (unless ``recorded``) --reuse/--across/--refresh, its step-to-step coherence.
+    (unless ``recorded``) --reuse/--across/--refresh, its step-to-step coherence, and --sample-above.
 
     ``recorded``: the defaults are the settings a sample file records (attribute, query), so that
     attribution retrieves what the sampler retrieved; otherwise :class:`Retrieval`'s defaults.
@@ -124,6 +124,9 @@ def retrieval_options(recorded: bool = False):
             click.option("--refresh", type=FiniteFloatRange(min=0), default=base.refresh,
                          help="With --reuse: at a reused step also search for topk more candidates, scanning "
                               "this fraction of a normal search's codes (0: no search)."),
+            click.option("--sample-above", type=FiniteFloatRange(min=0), default=base.sample_above,
+                         help="With --index: at steps whose time t is at least this (t = 1 is pure noise), skip "
+                              "the index and estimate D from the uniform tail sample alone (0: off)."),
         ]
 
     def wrap(f):
@@ -135,11 +138,11 @@ def retrieval_options(recorded: bool = False):
 
 
 def retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, base: Retrieval | None = None,
-                   reuse=None, across=None, refresh=None) -> Retrieval:
+                   reuse=None, across=None, refresh=None, sample_above=None) -> Retrieval:
     """The :class:`Retrieval` of the options given (None: as in ``base``, else the default)."""
     return (base or Retrieval()).with_options(topk=topk, nprobe=nprobe, ef=ef, k_factor=k_factor,
                                               tail_correction=tail_correction, scan_cap=scan_cap,
-                                              reuse=reuse, across=across, refresh=refresh)
+                                              reuse=reuse, across=across, refresh=refresh, sample_above=sample_above)
 
 
 def network_options(f):

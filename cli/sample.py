@@ -71,7 +71,7 @@ DEFAULT_SCHEDULE = "mnist-resnet-zeros"
 @retrieval_options()
 def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num, seeds,
             batch_size, seed, label, device, dtype, block_mb, save_trajectory, out, shard_size, workers, threads,
-            ray_address, force, index_file, exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse, across, refresh):
+            ray_address, force, index_file, exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse, across, refresh, sample_above):
     """Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS), or the top-K engine with --index.
 
     With --out ending in .h5 all samples go to one file; any other --out is a run folder: the seeds are
@@ -91,7 +91,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     if schedule is not None:
         parse_schedule_option(schedule, steps)  # a bad --schedule is one line before any work
     if not str(out).endswith(".h5"):
-        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh).to_dict()
+        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh, sample_above=sample_above).to_dict()
         if index_file is None:  # checks the dataset options (and downloads) once, in this process
             load_from_options(dataset, root, split, download, limit, only_classes, policy)
         source = ({"kind": "index", "path": index_file, "exact": exact} if index_file is not None else
@@ -109,7 +109,7 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     machine = Machine.parse(machine)
     dev = resolve_device(device)
     if index_file is not None:
-        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh)
+        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh, sample_above=sample_above)
         return _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype,
                              save_trajectory, out, exact, retrieval)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)

@@ -350,6 +350,12 @@ def attribute_file(
                     f"{path} was drawn with --reuse {settings.reuse} (candidates carried from step to step), which "
                     "attribution cannot replay: it searches the index at every step; explain these samples with "
                     f"patchdb attribute {shlex.quote(str(path))} --exact, or draw the samples to explain without --reuse")
+            if settings.sample_above:
+                raise PatchdbError(
+                    f"{path} was drawn with --sample-above {settings.sample_above:g} (steps at t >= "
+                    f"{settings.sample_above:g} estimated from a uniform sample, no candidates), which attribution "
+                    f"cannot replay; explain these samples with patchdb attribute {shlex.quote(str(path))} --exact, "
+                    "or draw the samples to explain without --sample-above")
         return _attribute_file(data, path, out, mass, max_contrib, samples, dataset, root, dtype, block_bytes,
                                progress, index, settings)
 

@@ -471,3 +471,46 @@ def test_across_searches_only_the_first_step_of_a_trajectory(tmp_path, monkeypat
             assert len(calls) == 3 * 9 + 3 * 5  # every step searches every sub-index
     # measured: MSE to exact 7.0e-4 (off), 1.8e-2 (across), 5.8e-4 (refresh)
     assert mse["refresh"] < 1.5 * mse["off"] < mse["across"]
+
+
+# -- sample-only steps at high noise (Retrieval.sample_above) -------------------------------------
+
+
+def test_sample_above_skips_the_index_and_its_estimate_converges_to_exact(tmp_path, monkeypatch):
+    """Steps at t >= sample_above search nothing and re-rank nothing: D is the uniform sample's
+    estimate (blank windows counted exactly beside it), which a large sample brings to the exact D
+    (black-background data, so a wrong weighting of blanks against the sample would show); steps
+    below the threshold are bit for bit those of the engine without it."""
+    ds = black_background_dataset(12, seed=5)
+    on, exact = engines(tmp_path, ds, "bbels", (3, 5), topk=4, dtype=torch.float64, tail_samples=40_000,
+                        sample_above=0.8)
+    off, _ = engines(tmp_path, ds, "bbels", (3, 5), topk=4, dtype=torch.float64, tail_samples=40_000)
+    calls = _count_searches(monkeypatch)
+    x = torch.randn(2, 1, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 0.5 - 0.5
+    for t, k in ((1.0, 5), (0.8, 3)):
+        got, want = on.denoise(x, t, k=k), exact.denoise(x, t, k=k)
+        assert not calls
+        assert (got - want).abs().max() < 0.02, (t, k)
+        assert on.reports[-1].bound_max == 1.0 and on.reports[-1].tail_median > 0.5
+    few, _ = engines(tmp_path, ds, "bbels", (3, 5), topk=4, dtype=torch.float64, tail_samples=4, sample_above=0.8)
+    assert (few.denoise(x, 1.0, k=5) - exact.denoise(x, 1.0, k=5)).abs().max() > 0.02  # the check can fail
+    got = on.denoise(x, 0.5, k=3)
+    assert calls and torch.equal(got, off.denoise(x, 0.5, k=3))
+    with pytest.raises(PatchdbError, match="--sample-above needs"):
+        engines(tmp_path, ds, "bbels", (3, 5), tail_samples=0, sample_above=0.8)
+
+
+def test_sample_above_with_reuse_searches_the_first_step_below_it(tmp_path, monkeypatch):
+    """A sample-only step carries no candidates: the next step of the same size searches as usual."""
+    ds = random_dataset(20, 1, 8, 8, seed=14)
+    on, _ = engines(tmp_path, ds, "bbels", (3, 5), topk=4, reuse=2, sample_above=0.7)
+    calls = _count_searches(monkeypatch)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 1, 8, 8, generator=g)
+    searched = []
+    for t in (0.8, 0.7, 0.6, 0.5):
+        x = x + 0.02 * torch.randn(x.shape, generator=g)
+        before = len(calls)
+        on.denoise(x, t, k=5)
+        searched.append(len(calls) > before)
+    assert searched == [False, False, True, False]

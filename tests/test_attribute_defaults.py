@@ -97,3 +97,15 @@ def test_samples_drawn_with_reuse_are_refused_before_any_work_and_explained_exac
     assert not (drawn / "r.attrib.h5").exists()
     res = runner.invoke(main, ["attribute", str(drawn / "r.h5"), "--exact", "--out", str(drawn / "r.attrib.h5")])
     assert res.exit_code == 0, res.output
+
+
+def test_samples_drawn_with_sample_above_are_refused_before_any_work(drawn):
+    """Steps estimated from the uniform sample alone have no candidates to attribute: one line, --exact named."""
+    runner = CliRunner()
+    res = runner.invoke(main, ["sample", "--index", str(drawn / "i.h5"), "-s", "3,5,5,3", "--topk", "8",
+                               "--sample-above", "0.7", "--num", "1", "--seed", "5", "--out", str(drawn / "above.h5")])
+    assert res.exit_code == 0, res.output
+    assert Retrieval.from_dict(read_samples(drawn / "above.h5")["metadata"]["retrieval"]).sample_above == 0.7
+    res = runner.invoke(main, ["attribute", str(drawn / "above.h5"), "--out", str(drawn / "above.attrib.h5")])
+    assert res.exit_code == 2 and "--sample-above 0.7" in res.output and "--exact" in res.output, res.output
+    assert not (drawn / "above.attrib.h5").exists()

@@ -213,7 +213,8 @@ class ApproxMachine:
                     q = q.double()
                     memory = carried.get((lo, hi))
                     ids = None if memory is None else _carried_ids(memory[:, qpos], cand_pos, entry.per_image, hw)
-                    val, bound, tail, best = self._approx(q, (k, i, g), entry, cand_pos, a, b, lo, hi, ids)
+                    val, bound, tail, best = self._approx(q, (k, i, g), entry, cand_pos, a, b, lo, hi, ids,
+                                                          sample_only=self.retrieval.sample_only(t))
                     bounds.append(bound)
                     if tail is not None:
                         tails.append(tail)
@@ -285,13 +286,17 @@ class ApproxMachine:
         return lambda start, stop: (norms[start:stop], centres[:, start:stop])
 
     def _approx(self, q: torch.Tensor, key: tuple[int, int, int], entry: Entry, cand_pos: torch.Tensor,
-                a: float, b: float, lo: int, hi: int, carried: torch.Tensor | None = None):
+                a: float, b: float, lo: int, hi: int, carried: torch.Tensor | None = None,
+                sample_only: bool = False):
         """Top-K, exact re-rank, bound (and tail sample) for the query rows ``q`` (R, d); ``carried``
-        (R, P): the candidates the previous step ranked best (step-to-step reuse), searched for when None."""
+        (R, P): the candidates the previous step ranked best (step-to-step reuse), searched for when None;
+        ``sample_only`` (``Retrieval.sample_above``): no candidates, the tail sample estimates all of D."""
         per_image = entry.per_image
         id_lo, id_hi = lo * per_image, hi * per_image
         id_range = None if lo == 0 and hi == self.n_images else (id_lo, id_hi)
-        if carried is not None and carried.shape[0] == q.shape[0]:
+        if sample_only:
+            ids = torch.empty((q.shape[0], 0), dtype=torch.long)
+        elif carried is not None and carried.shape[0] == q.shape[0]:
             ids = self._with_fresh(carried, q / a, key, entry, id_range, id_hi - id_lo)
         else:
             want = self.retrieval.wanted(entry, id_hi - id_lo)
@@ -301,7 +306,7 @@ class ApproxMachine:
         sample = self.retrieval.tail_sample(key, id_lo, id_hi)
         tail = None if sample is None else self._tail_terms(sample, cand_pos, key[0], blank)
         vals, bounds, tails, best = [], [], [], []
-        step = max(1, RERANK_ELEMENTS // max(1, ids.shape[1] * q.shape[1]))
+        step = max(1, RERANK_ELEMENTS // max(1, (ids.shape[1] or self.tail) * q.shape[1]))  # sample-only: its logits
         for s in range(0, q.shape[0], step):
             v, bd, tl, bs = self._rerank(q[s : s + step], ids[s : s + step], cand_pos, per_image, key[0], a, b,
                                          n_total, tail, blank)
@@ -341,12 +346,13 @@ class ApproxMachine:
 
     def _rerank(self, q, ids, cand_pos, per_image, k, a, b, n_total, tail_terms, blank):
         valid = ids >= 0
-        safe = ids.clamp(min=0)
-        img, pos = safe // per_image, cand_pos[safe % per_image]
-        dots, norms, centres = self.source.window_terms(q, img, pos, k, with_centres=True)
-        logits = expanded_logits(q, dots, norms, a, b).masked_fill_(~valid, -math.inf)
         acc = SoftmaxAccumulator((q.shape[0], 1), self.source.channels, q.dtype, q.device)
-        acc.add(logits.clone().unsqueeze(1), with_ones(centres))
+        if ids.shape[1]:
+            safe = ids.clamp(min=0)
+            img, pos = safe // per_image, cand_pos[safe % per_image]
+            dots, norms, centres = self.source.window_terms(q, img, pos, k, with_centres=True)
+            logits = expanded_logits(q, dots, norms, a, b).masked_fill_(~valid, -math.inf)
+            acc.add(logits.clone().unsqueeze(1), with_ones(centres))
         exact = valid.sum(1)  # candidates whose weight is computed exactly: retrieved ...
         if blank is not None:  # ... and the blank windows: one identical vector, `count` times
             window, centre, count, _ = blank
@@ -354,6 +360,9 @@ class ApproxMachine:
             acc.add(log_w.unsqueeze(1), with_ones(centre.double()).expand(q.shape[0], 1, -1))
             exact = exact + count
         log_z = acc.log_normaliser()[:, 0]
+        if not ids.shape[1]:  # a sample-only step: every non-blank candidate is the sample's to estimate
+            tail = None if tail_terms is None else self._add_tail(acc, q, ids, tail_terms, a, b, n_total, log_z)
+            return acc.result()[:, 0], torch.ones(q.shape[0], dtype=q.dtype), tail, (ids if self.retrieval.reuse else None)
         # Every candidate outside the true top-K weighs at most the K-th weight; if the search found the
         # true top-K (recall 1, e.g. Flat), each ignored candidate is outside it.
         kept = valid.sum(1)

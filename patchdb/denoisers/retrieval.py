@@ -57,6 +57,11 @@ class Retrieval:
     refresh : with ``reuse``, a step that re-ranks carried candidates also searches the index for
         ``topk`` more, scanning ``refresh`` times the codes of a normal search (its scan cap scaled),
         nearest lists first; 0: no search at those steps.
+    sample_above : T > 0: at steps whose time ``t`` is T or more, skip the index: no search and no
+        re-rank, D is the uniform tail sample's estimate over every candidate (plus the blank windows,
+        counted exactly). At high noise the weights are nearly flat and the retrieved top-K hold a few
+        percent of the mass at most, so the sample carries D anyway (docs/math.md "Approximate mode").
+        Needs ``tail_correction``; 0: off.
     """
 
     topk: int = DEFAULT_TOPK
@@ -69,19 +74,28 @@ class Retrieval:
     reuse: int = DEFAULT_REUSE
     across: bool = False
     refresh: float = 0.0
+    sample_above: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.topk) < 1:
             raise PatchdbError(f"--topk must be at least 1, got {self.topk}")
-        for name in ("scan_cap", "refresh"):
+        for name in ("scan_cap", "refresh", "sample_above"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(self, name)}")
         for name in ("nprobe", "ef", "k_factor", "tail_correction", "reuse"):
             if int(getattr(self, name)) < 0:
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         for f in fields(self):  # normalise types so that equal settings compare and record equal
-            kind = float if f.name in ("scan_cap", "refresh") else bool if f.name == "across" else int
+            kind = float if f.name in ("scan_cap", "refresh", "sample_above") else bool if f.name == "across" else int
             object.__setattr__(self, f.name, kind(getattr(self, f.name)))
+
+        if self.sample_above and not self.tail_correction:
+            raise PatchdbError("--sample-above needs the uniform sample that replaces the index at those steps: "
+                               "give --tail-correction > 0 (default 1024) or leave --sample-above at 0")
+
+    def sample_only(self, t: float) -> bool:
+        """Whether a step at time ``t`` skips the index (``sample_above``)."""
+        return bool(self.sample_above) and t >= self.sample_above - 1e-9  # t = i / S in float
 
     def with_options(self, **options) -> Retrieval:
         """A copy with some knobs changed (None leaves a knob as it is)."""
