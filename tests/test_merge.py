@@ -100,8 +100,15 @@ def test_merge_validate_halves_equal_one_run(tmp_path):
                                     str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
     one, merged = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("all", "m"))
-    timing = ("seconds", "speedup", "seconds_per_sample")
+    timing = ("seconds", "speedup", "seconds_per_sample", "per_batch_approx_seconds")
     assert merged["settings"].pop("merged_from") == [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    # Per-step seconds: the parts' sums (timings differ from the one run's, so they are compared apart).
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("a", "b"))
+    for i, step in enumerate(merged["steps"]):
+        assert step["approx_seconds"] == a["steps"][i]["approx_seconds"] + b["steps"][i]["approx_seconds"] > 0
+    for rep in (one, merged):
+        for step in rep["steps"]:
+            step.pop("approx_seconds")
     assert close({k: v for k, v in one.items() if k not in timing}, {k: v for k, v in merged.items() if k not in timing})
 
 

@@ -136,6 +136,12 @@ def merge_validations(paths: list[Path]) -> dict:
     steps = [dict(step, max_abs_diff_median=median(diff[i]), max_abs_diff_max=float(diff[i].max()),
                   bound_max_median=median(bounds[:, i]), tail_share_median=median(tails[:, i]))
              for i, step in enumerate(parts[0]["steps"])]
+    timed = all("per_batch_approx_seconds" in p for p in parts)  # older parts have no per-step seconds
+    step_seconds = [row for p in parts for row in p["per_batch_approx_seconds"]] if timed else None
+    for i, step in enumerate(steps):
+        step.pop("approx_seconds", None)
+        if timed:
+            step["approx_seconds"] = sum(row[i] for row in step_seconds)
     seconds = {k: sum(p["seconds"][k] for p in parts) for k in ("exact", "approx")}
     labels = [v for p in parts for v in (p.get("labels") or [None] * len(p["seeds"]))]
     settings = _merged_settings([p["settings"] for p in parts], seeds, names)
@@ -145,7 +151,7 @@ def merge_validations(paths: list[Path]) -> dict:
         "seconds_per_sample": {k: v / len(seeds) for k, v in seconds.items()},
         "exact_reused": sum(int(p.get("exact_reused", 0)) for p in parts),
         "per_seed_max_abs_diff": diff.T.tolist(), "per_batch_bound_max": bounds.tolist(),
-        "per_batch_tail_median": tails.tolist(),
+        "per_batch_tail_median": tails.tolist(), **({"per_batch_approx_seconds": step_seconds} if timed else {}),
         "labels": None if all(v is None for v in labels) else labels, "settings": settings,
     }
 
