@@ -488,10 +488,13 @@ def test_sample_above_skips_the_index_and_its_estimate_converges_to_exact(tmp_pa
     calls = _count_searches(monkeypatch)
     x = torch.randn(2, 1, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 0.5 - 0.5
     for t, k in ((1.0, 5), (0.8, 3)):
+        loads = on.file.loads
         got, want = on.denoise(x, t, k=k), exact.denoise(x, t, k=k)
-        assert not calls
+        assert not calls and on.file.loads == loads  # blanks found from the images, no index loaded
         assert (got - want).abs().max() < 0.02, (t, k)
         assert on.reports[-1].bound_max == 1.0 and on.reports[-1].tail_median > 0.5
+        on.prepare(k)  # the blanks the loaded indexes took out: the same, so the same bits
+        assert on.file.loads > loads and torch.equal(on.denoise(x, t, k=k), got)
     few, _ = engines(tmp_path, ds, "bbels", (3, 5), topk=4, dtype=torch.float64, tail_samples=4, sample_above=0.8)
     assert (few.denoise(x, 1.0, k=5) - exact.denoise(x, 1.0, k=5)).abs().max() > 0.02  # the check can fail
     got = on.denoise(x, 0.5, k=3)

@@ -302,7 +302,7 @@ class ApproxMachine:
             want = self.retrieval.wanted(entry, id_hi - id_lo)
             ids = self.retrieval.search(self.file.index(*key), q / a, want, id_range)
         n_total = id_hi - id_lo
-        blank = self._blank(key, lo, hi, cand_pos, per_image)
+        blank = self._blank(key, lo, hi, cand_pos, per_image, load=not sample_only)
         sample = self.retrieval.tail_sample(key, id_lo, id_hi)
         tail = None if sample is None else self._tail_terms(sample, cand_pos, key[0], blank)
         vals, bounds, tails, best = [], [], [], []
@@ -334,10 +334,11 @@ class ApproxMachine:
             ids[empty] = torch.nn.functional.pad(found, (0, width - found.shape[1]), value=-1)
         return ids
 
-    def _blank(self, key, lo: int, hi: int, cand_pos: torch.Tensor, per_image: int):
+    def _blank(self, key, lo: int, hi: int, cand_pos: torch.Tensor, per_image: int, load: bool = True):
         """The blank windows of images ``[lo, hi)`` that loading took out of sub-index ``key``, as one
-        candidate: (window (d,), centre (C,), count, id mask); None when there are none."""
-        blanks = self.file.blanks(*key)
+        candidate: (window (d,), centre (C,), count, id mask); None when there are none. ``load`` False:
+        found without loading the sub-index (a sample-only step)."""
+        blanks = self.file.blanks(*key, load=load)
         count = 0 if blanks is None else blanks.count(lo, hi)
         if not count:
             return None

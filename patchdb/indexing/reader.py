@@ -28,7 +28,7 @@ from .format import (
     VERIFY_ON_OPEN_BYTES,
     Entry,
 )
-from .windows import Blanks, PatchSource, lit_integral, take_out_blanks
+from .windows import Blanks, PatchSource, find_blanks, lit_integral, take_out_blanks
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class IndexFile:
         self._entries: dict[int, list[Entry]] = {}
         self._source: PatchSource | None = None
         self._blanks: dict[tuple[int, int, int], Blanks | None] = {}
+        self._blanks_unloaded: dict[tuple[int, int, int], Blanks | None] = {}  # blanks(load=False), small
         self._lit: torch.Tensor | None = None  # lit_integral of the images, made on first need
 
     def _check_complete(self) -> None:
@@ -279,19 +280,31 @@ class IndexFile:
                 self._indexes[other] = self._indexes.pop(other)
         return self._indexes[key][0]
 
-    def blanks(self, k: int, i: int, g: int) -> Blanks | None:
+    def blanks(self, k: int, i: int, g: int, load: bool = True) -> Blanks | None:
         """The blank windows taken out of sub-index ``(k, i, g)`` (None: none, or a Flat index, where
-        ids are positions and nothing is taken out); loads the sub-index if needed."""
-        self.index(k, i, g)
-        return self._blanks[(k, i, g)]
+        ids are positions and nothing is taken out); loads the sub-index if needed, unless ``load`` is
+        False: then the same windows are found from the images alone (a step that searches nothing,
+        ``Retrieval.sample_above``, need not load seconds of index for them)."""
+        key = (k, i, g)
+        if load or key in self._indexes:
+            self.index(k, i, g)
+            return self._blanks[key]
+        if key not in self._blanks_unloaded:
+            ivf = "IVF" in self.entries(k)[i].info.get("plan", {}).get("key", "")
+            self._blanks_unloaded[key] = find_blanks(self._lit_images(), self.height, self.width, k,
+                                                     self.entries(k)[i].cand_pos[g]) if ivf else None
+        return self._blanks_unloaded[key]
+
+    def _lit_images(self) -> torch.Tensor:
+        if self._lit is None:
+            self._lit = lit_integral(self.images())
+        return self._lit
 
     def _take_out_blanks(self, index, k: int, i: int, g: int) -> Blanks | None:
         """Remove blank windows from a freshly loaded IVF sub-index (:func:`take_out_blanks`)."""
         if fx.as_ivf(index) is None:
             return None
-        if self._lit is None:
-            self._lit = lit_integral(self.images())
-        return take_out_blanks(index, self._lit, self.height, self.width, k, self.entries(k)[i].cand_pos[g],
+        return take_out_blanks(index, self._lit_images(), self.height, self.width, k, self.entries(k)[i].cand_pos[g],
                                where=f"{self.path} size {k}")
 
     def loaded_sizes(self) -> list[int]:

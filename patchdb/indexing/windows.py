@@ -221,13 +221,22 @@ def take_out_blanks(index, integral: torch.Tensor, height: int, width: int, k: i
     out halves the k = 3 search (see README)."""
     if fx.as_ivf(index) is None:
         return None
+    blanks = find_blanks(integral, height, width, k, cand_pos)
+    if blanks is None:
+        return None
+    removed = fx.remove_ids(index, blanks.mask.numpy())
+    if removed != int(blanks.mask.sum()):
+        raise PatchdbError(f"{where}: the index holds {removed} of its {int(blanks.mask.sum())} blank windows; "
+                           "the file is inconsistent, rebuild it with patchdb build")
+    return blanks
+
+
+def find_blanks(integral: torch.Tensor, height: int, width: int, k: int, cand_pos: torch.Tensor) -> Blanks | None:
+    """The :class:`Blanks` of the windows at ``cand_pos`` (L,), None when no window is blank: what
+    :func:`take_out_blanks` takes out of an IVF index, found without one."""
     mask = blank_mask(integral, height, width, k, cand_pos)  # (N, L)
     if not bool(mask.any()):
         return None
     flat = mask.reshape(-1)
-    removed = fx.remove_ids(index, flat.numpy())
-    if removed != int(flat.sum()):
-        raise PatchdbError(f"{where}: the index holds {removed} of its {int(flat.sum())} blank windows; "
-                           "the file is inconsistent, rebuild it with patchdb build")
     cumulative = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
     return Blanks(flat, cumulative, int(flat.nonzero()[0]))
