@@ -201,7 +201,9 @@ class ApproxMachine:
         for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.family in EXACT_FAMILIES or not entry.indexed:
                 for rows, lo, hi in ranges:
-                    val = self._exact_same_position(x[rows], grp.query_pos.view(-1), k, a, b, lo, hi)  # (b, C, P)
+                    # A sample-only step estimates these families from a uniform sample of images too.
+                    sample = self._image_sample(k, lo, hi) if self.retrieval.sample_only(t) else None
+                    val = self._exact_same_position(x[rows], grp.query_pos.view(-1), k, a, b, lo, hi, sample)  # (b, C, P)
                     out[rows.view(-1, 1), :, grp.query_pos.view(1, -1)] = val.permute(0, 2, 1).to(out.dtype)
                 continue
             for g in range(grp.query_pos.shape[0]):
@@ -224,9 +226,17 @@ class ApproxMachine:
                     out[rows.view(-1, 1), :, qpos.view(1, -1)] = val.view(len(rows), len(qpos), -1).to(out.dtype)
         return out.view_as(x), (bounds or [torch.zeros(0)], tails)
 
+    def _image_sample(self, k: int, lo: int, hi: int) -> torch.Tensor:
+        """``tail_correction`` images drawn uniformly (with replacement) from ``[lo, hi)``, seeded by the
+        size and the range like the tail sample: the candidates of a sample-only step's exactly scanned
+        families. Equal weights, so they cancel in the weighted average."""
+        gen = torch.Generator().manual_seed(hash((self.retrieval.tail_seed, -1, k, lo, hi)) % 2**31)
+        return torch.randint(lo, hi, (self.tail,), generator=gen)
+
     def _exact_same_position(self, x: torch.Tensor, pos: torch.Tensor, k: int, a: float, b: float,
-                             lo: int, hi: int) -> torch.Tensor:
-        """LS-like families (corners, LS fallback): every image ``lo..hi`` at the query's own position.
+                             lo: int, hi: int, images: torch.Tensor | None = None) -> torch.Tensor:
+        """LS-like families (corners, LS fallback): every image ``lo..hi`` at the query's own position
+        (or only ``images``, a sample-only step's uniform sample of them).
 
         Window dot products are box sums of ``x * phi`` (zero padding = a box clipped to the image), read
         from integral images of only the pixels the boxes cover (four corner regions of side ``2r`` for
@@ -239,16 +249,25 @@ class ApproxMachine:
         regions = box_regions(pos, r, src.height, src.width)
         acc = SoftmaxAccumulator((len(pos), x.shape[0]), src.channels, torch.float64, x.device)
         step = max(1, RERANK_ELEMENTS // max(1, x.shape[0] * x[0].numel()))
-        terms = self._same_position_terms(pos, k, regions, step)
-        for start in range(lo, hi, step):
-            stop = min(hi, start + step)
-            phi = self._phi(start, stop)  # (n, C, H, W) float64
-            norms, centres = terms(start, stop)
+        if images is None:
+            terms = self._same_position_terms(pos, k, regions, step)
+            blocks = ((self._phi(start, min(hi, start + step)), *terms(start, min(hi, start + step)))
+                      for start in range(lo, hi, step))
+        else:
+            blocks = (self._sampled_terms(images[s : s + step], pos, regions) for s in range(0, len(images), step))
+        for phi, norms, centres in blocks:  # phi (n, C, H, W) float64, norms (n, P), centres (P, n, C)
             dots = box_sums(lambda rs, cs, phi=phi: torch.einsum("bchw,nchw->bnhw", xs[:, :, rs, cs], phi[:, :, rs, cs]),
                             regions, len(pos))  # (b, n, P)
             logits = (dots.mul_(2 * a).sub_((a * a) * norms)).mul_(0.5 / (b * b))
             acc.add(logits.permute(2, 0, 1).contiguous(), with_ones(centres))
         return acc.result().permute(1, 2, 0)  # (b, C, P)
+
+    def _sampled_terms(self, images: torch.Tensor, pos: torch.Tensor, regions) -> tuple:
+        """(phi, norms, centres) of the listed images, as :meth:`_same_position_terms` gives them for a range."""
+        src = self.source
+        phi = src.padded[images][:, :, src.pad : src.pad + src.height, src.pad : src.pad + src.width]
+        norms = box_sums(lambda rs, cs: phi[:, :, rs, cs].square().sum(1), regions, len(pos))
+        return phi, norms, src.centres(images.view(1, -1), pos.view(-1, 1))
 
     def _phi(self, start: int, stop: int) -> torch.Tensor:
         src = self.source
