@@ -133,6 +133,23 @@ def test_rerun_skips_finished_shards_and_refuses_other_settings_by_name(tiny, tm
     assert json.loads((out / "manifest.json").read_text())["settings"]["schedule"] == [3, 3, 7]
 
 
+def test_a_run_from_before_a_new_retrieval_knob_resumes(tiny, tmp_path):
+    """An approximate run whose manifest predates a retrieval knob (here sample_above, removed from it)
+    resumes with the same command: the missing knob is its default, off; giving it a value is refused."""
+    idx = tmp_path / "i.h5"
+    ok(["build", "--dataset", tiny, "--policy", "none", "--scales", "3,5", "--threads", "1", "--out", idx])
+    args = ["sample", "--index", idx, "-s", "3,3,5", "-b", "2", "--topk", "8", "--seeds", "0-3", "--shard-size", 2]
+    out = tmp_path / "r"
+    ok([*args, "--out", out])
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["settings"]["retrieval"]["sample_above"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = ok([*args, "--out", out])
+    assert "2 shards already done" in res.output, res.output
+    res = run([*args, "--out", out, "--sample-above", "0.9"])
+    assert res.exit_code == 2 and "settings.retrieval.sample_above" in res.output, res.output
+
+
 def test_deleted_and_corrupt_shards_are_recomputed_and_said(tiny, tmp_path):
     out = tmp_path / "r"
     args = [*base(tiny), "--seeds", "0-7", "--shard-size", 2, "--out", out]

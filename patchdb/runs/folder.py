@@ -66,6 +66,16 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _current_knobs(settings: dict) -> dict:
+    """A manifest's settings with the retrieval knobs added since it was written at their defaults: every
+    new knob defaults to off (the behaviour the run had), so a run started before it resumes."""
+    if not isinstance(settings.get("retrieval"), dict):
+        return settings
+    from ..denoisers.retrieval import Retrieval
+
+    return {**settings, "retrieval": Retrieval.from_dict(settings["retrieval"]).to_dict()}
+
+
 def differing(old: dict, new: dict) -> list[str]:
     a, b = flat(old), flat(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
@@ -121,7 +131,7 @@ class RunFolder:
             old = None
         if old is not None:
             wanted = {"settings": settings, "seeds": format_seeds(seeds), "shard_size": shard_size}
-            found = {"settings": old["settings"], "seeds": old["seeds"], "shard_size": old["shard_size"]}
+            found = {"settings": _current_knobs(old["settings"]), "seeds": old["seeds"], "shard_size": old["shard_size"]}
             diff = differing(found, wanted)
             if diff:
                 key = diff[0]
