@@ -100,3 +100,15 @@ counts = collections.Counter(e["shard"] for e in events if e["event"] == "shard"
 print(f"bit-identical: {np.array_equal(a.samples, b.samples) and np.array_equal(a.seeds, b.seeds)}; samples {len(b)}; "
       f"shard computations {sum(counts.values())} for {len(b.metadata['shards'])} shards; most per shard {max(counts.values())}")
 PY
+
+# CIFAR-10, all 50,000 training images (the evening section): the whole-schedule index (1:28 wall with 2
+# threads on the shared machine), then samples per hour with the setting validated on Fashion-MNIST;
+# and the same Fashion-MNIST row with it (indexes/fmnist-bbels.h5: docs/results/throughput/run.sh).
+[ -f indexes/cifar10-bbels.h5 ] || OMP_NUM_THREADS=2 patchdb build --dataset "$DATA/cifar10-jpeg.zip" --machine bbels \
+    --scales cifar10-resnet-zeros --memory 8GiB --out indexes/cifar10-bbels.h5
+X="--scan-cap 0.5 --reuse 4 --sample-above 0.9"
+M="env PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1"
+$M --index indexes/cifar10-bbels.h5 --num 16 --workers 1 --batch 16 --extra "$X" --out "$OUT/cifar50k-w1-b16.json"   # 5 min
+$M --index indexes/cifar10-bbels.h5 --num 128 --workers 2 --batch 64 --extra "$X" --out "$OUT/cifar50k-w2-b64.json"  # 15 min
+$M --index indexes/fmnist-bbels.h5 --num 128 --workers 2 --batch 64 --extra "$X" --out "$OUT/fm60k-w2-b64-sa09.json" # 26 min
+# (two CIFAR-10 workers at batch 16 were OOM-killed on the 24 GB machine; see README)

@@ -37,6 +37,16 @@ run r4 uncond --reuse 4 & run r4 cond --reuse 4 & wait
 run carry4 uncond --reuse 4 --across --refresh 0.125 & run carry4 cond --reuse 4 --across --refresh 0.125 & wait
 run carry4f05 uncond --reuse 4 --across --refresh 0.5
 run r2 uncond --reuse 2 & run r2 cond --reuse 2 & wait
+# 3b. Sample-only steps at high noise (--sample-above; the evening section). The runs named "oldcorners"
+#     were made before sample-only steps also sampled the corner families (before git 53e6acf); the
+#     others with the final code. MEM: the index budget (4 GiB where a CIFAR-10 worker ran beside).
+run r4-sa08-oldcorners uncond --reuse 4 --sample-above 0.8
+run r4-sa08-kf8-oldcorners uncond --reuse 4 --sample-above 0.8 --k-factor 8
+V="$V --scan-cap 0.25" run r4-sa08-kf8-cap025 uncond --reuse 4 --sample-above 0.8 --k-factor 8
+run r4-sa08-kf8 uncond --reuse 4 --sample-above 0.8 --k-factor 8
+run r4-sa08-kf8 cond --reuse 4 --sample-above 0.8 --k-factor 8
+run r4-sa08 cond --reuse 4 --sample-above 0.8
+run r4-sa09 cond --reuse 4 --sample-above 0.9 & run r4-sa09 uncond --reuse 4 --sample-above 0.9 & wait
 # 4. Throughput of patchdb sample with --reuse 4: one worker at batch 16, two at batch 16 and 64.
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=7GiB python benchmarks/scale.py measure --index "$INDEX" --num 16 --workers 1 \
     --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w1-b16.json"
@@ -44,6 +54,8 @@ OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure -
     --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w2-b16.json"
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --index "$INDEX" --num 128 --workers 2 \
     --batch 64 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w2-b64.json"
+
+# 5. With --sample-above 0.9 (the evening section) and the CIFAR-10 rows: docs/results/scale/run.sh, last block.
 
 # --- N = 1,000 (the morning section) ----------------------------------------------------------------
 # INDEX1K: an index file of the first 1,000 Fashion-MNIST training images, bbELS, the whole schedule.
