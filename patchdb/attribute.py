@@ -345,17 +345,16 @@ def attribute_file(
         settings = None
         if index is not None:
             settings = (retrieval or recorded_retrieval(meta)).with_options(topk=topk)
-            if settings.reuse:
-                raise PatchdbError(
-                    f"{path} was drawn with --reuse {settings.reuse} (candidates carried from step to step), which "
-                    "attribution cannot replay: it searches the index at every step; explain these samples with "
-                    f"patchdb attribute {shlex.quote(str(path))} --exact, or draw the samples to explain without --reuse")
-            if settings.sample_above:
-                raise PatchdbError(
-                    f"{path} was drawn with --sample-above {settings.sample_above:g} (steps at t >= "
-                    f"{settings.sample_above:g} estimated from a uniform sample, no candidates), which attribution "
-                    f"cannot replay; explain these samples with patchdb attribute {shlex.quote(str(path))} --exact, "
-                    "or draw the samples to explain without --sample-above")
+            # Knobs whose steps attribution (a search at every step) cannot replay: the flag and what it did.
+            unreplayable = [(f"--reuse {settings.reuse}", "candidates carried from step to step", settings.reuse),
+                            (f"--sample-above {settings.sample_above:g}", f"steps at t >= {settings.sample_above:g} "
+                             "estimated from a uniform sample, no candidates", settings.sample_above)]
+            for flag, what, used in unreplayable:
+                if used:
+                    raise PatchdbError(
+                        f"{path} was drawn with {flag} ({what}), which attribution cannot replay: it searches the "
+                        f"index at every step; explain these samples with patchdb attribute {shlex.quote(str(path))} "
+                        f"--exact, or draw the samples to explain without {flag.split()[0]}")
         return _attribute_file(data, path, out, mass, max_contrib, samples, dataset, root, dtype, block_bytes,
                                progress, index, settings)
 

@@ -198,11 +198,12 @@ class ApproxMachine:
         if keep:
             self._best = {(lo, hi): torch.full((len(rows), hw, keep), -1, dtype=torch.long) for rows, lo, hi in ranges}
         bounds, tails = [], []
+        sample_only = self.retrieval.sample_only(t)
         for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.family in EXACT_FAMILIES or not entry.indexed:
                 for rows, lo, hi in ranges:
                     # A sample-only step estimates these families from a uniform sample of images too.
-                    sample = self._image_sample(k, lo, hi) if self.retrieval.sample_only(t) else None
+                    sample = self._image_sample(k, lo, hi) if sample_only else None
                     val = self._exact_same_position(x[rows], grp.query_pos.view(-1), k, a, b, lo, hi, sample)  # (b, C, P)
                     out[rows.view(-1, 1), :, grp.query_pos.view(1, -1)] = val.permute(0, 2, 1).to(out.dtype)
                 continue
@@ -216,7 +217,7 @@ class ApproxMachine:
                     memory = carried.get((lo, hi))
                     ids = None if memory is None else _carried_ids(memory[:, qpos], cand_pos, entry.per_image, hw)
                     val, bound, tail, best = self._approx(q, (k, i, g), entry, cand_pos, a, b, lo, hi, ids,
-                                                          sample_only=self.retrieval.sample_only(t))
+                                                          sample_only=sample_only)
                     bounds.append(bound)
                     if tail is not None:
                         tails.append(tail)
@@ -254,7 +255,8 @@ class ApproxMachine:
             blocks = ((self._phi(start, min(hi, start + step)), *terms(start, min(hi, start + step)))
                       for start in range(lo, hi, step))
         else:
-            blocks = (self._sampled_terms(images[s : s + step], pos, regions) for s in range(0, len(images), step))
+            blocks = ((phi, *_box_terms(src, phi, chunk, pos, regions))
+                      for chunk in images.split(step) for phi in [src.image_pixels(chunk)])
         for phi, norms, centres in blocks:  # phi (n, C, H, W) float64, norms (n, P), centres (P, n, C)
             dots = box_sums(lambda rs, cs, phi=phi: torch.einsum("bchw,nchw->bnhw", xs[:, :, rs, cs], phi[:, :, rs, cs]),
                             regions, len(pos))  # (b, n, P)
@@ -262,16 +264,8 @@ class ApproxMachine:
             acc.add(logits.permute(2, 0, 1).contiguous(), with_ones(centres))
         return acc.result().permute(1, 2, 0)  # (b, C, P)
 
-    def _sampled_terms(self, images: torch.Tensor, pos: torch.Tensor, regions) -> tuple:
-        """(phi, norms, centres) of the listed images, as :meth:`_same_position_terms` gives them for a range."""
-        src = self.source
-        phi = src.padded[images][:, :, src.pad : src.pad + src.height, src.pad : src.pad + src.width]
-        norms = box_sums(lambda rs, cs: phi[:, :, rs, cs].square().sum(1), regions, len(pos))
-        return phi, norms, src.centres(images.view(1, -1), pos.view(-1, 1))
-
     def _phi(self, start: int, stop: int) -> torch.Tensor:
-        src = self.source
-        return src.padded[start:stop, :, src.pad : src.pad + src.height, src.pad : src.pad + src.width]
+        return self.source.image_pixels(slice(start, stop))
 
     def _same_position_terms(self, pos, k, regions, step):
         """``terms(start, stop)`` -> ``|phi_n|^2`` over each position's clipped box (n, P) and the centres
@@ -282,10 +276,7 @@ class ApproxMachine:
         whose terms alone are larger is computed per chunk."""
 
         def compute(start, stop):
-            phi = self._phi(start, stop)
-            img = torch.arange(start, stop).view(1, -1)
-            return (box_sums(lambda rs, cs: phi[:, :, rs, cs].square().sum(1), regions, len(pos)),
-                    self.source.centres(img, pos.view(-1, 1)))
+            return _box_terms(self.source, self._phi(start, stop), torch.arange(start, stop), pos, regions)
 
         n = self.n_images
         nbytes = n * len(pos) * (1 + self.source.channels) * 8  # norms (n, P) + centres (P, n, C), float64
@@ -419,6 +410,13 @@ class ApproxMachine:
         log_tail = torch.logsumexp(logits, dim=1)
         acc.add(logits.unsqueeze(1), values.unsqueeze(0).expand(q.shape[0], -1, -1))
         return torch.sigmoid(log_tail - log_z)
+
+
+def _box_terms(source, phi: torch.Tensor, images: torch.Tensor, pos: torch.Tensor, regions) -> tuple:
+    """The x-independent terms of the same-position scan for the images ``images`` (n,) whose pixels are
+    ``phi`` (n, C, H, W): ``|phi_n|^2`` over each position's clipped box (n, P) and the centres (P, n, C)."""
+    norms = box_sums(lambda rs, cs: phi[:, :, rs, cs].square().sum(1), regions, len(pos))
+    return norms, source.centres(images.view(1, -1), pos.view(-1, 1))
 
 
 def _carried_ids(memory: torch.Tensor, cand_pos: torch.Tensor, per_image: int, hw: int) -> torch.Tensor:

@@ -129,6 +129,10 @@ class PatchSource:
             self._codes = codes.view(-1)
         return self._codes
 
+    def image_pixels(self, images) -> torch.Tensor:
+        """The unpadded pixels (n, C, H, W) of ``images`` (a slice: a view; an index tensor: a copy)."""
+        return self.padded[images, :, self.pad : self.pad + self.height, self.pad : self.pad + self.width]
+
     def centres(self, image: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Centre pixels (..., C)."""
         base = self._base(image, pos, self.pad)
