@@ -53,6 +53,46 @@ def test_calibration_recovers_the_size_of_a_synthetic_network(true_k):
     assert (cal.best_per_seed() == true_k).all()
 
 
+def test_calibration_runs_one_size_at_a_time_with_the_step_by_step_cosines():
+    """Each candidate size's machine takes all the steps of a batch in a row (so an index keeps one size
+    loaded), and every cosine equals one computed step by step on the network's own trajectory."""
+    from patchdb.sampler import ddim_sample
+    from patchdb.schedule import alpha_sigma
+
+    images, steps, sizes = tiny_set(), 4, (3, 5, 7)
+    net = FixedSizeNet(images, 5)
+    calls = []
+
+    def factory(schedule):
+        machine, k = ExactMachine(images, "bbels"), schedule.sizes[0]
+
+        def call(x, t, labels=None):
+            calls.append(k)
+            return machine.denoise(x, t, k=k)
+
+        return call
+
+    cal = calibrate(net, factory, (1, 10, 10), seeds=[0, 1, 2], sizes=sizes, steps=steps, batch_size=2,
+                    dtype=torch.float64)
+    runs = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
+    assert runs == list(sizes) * 2 and len(calls) == len(sizes) * steps * 2  # two batches (2 + 1 seeds)
+
+    # Independently: follow the network, and at each step ask every size about the same x_t.
+    ref = ExactMachine(images, "bbels")
+    expected = torch.zeros(steps, len(sizes), 3, dtype=torch.float64)
+    for seed in range(3):
+        def probe(x, t, labels=None, seed=seed):
+            a, _ = alpha_sigma(t)
+            d_net = net(x, t)
+            for j, k in enumerate(sizes):
+                expected[round(t * steps) - 1, j, seed] = cosine(x - a * d_net, x - a * ref.denoise(x, t, k=k))[0]
+            return d_net
+
+        ddim_sample(probe, torch.randn(1, 1, 10, 10, generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64), steps)
+    assert torch.allclose(cal.cosine, expected, atol=1e-12)
+
+
 def brute_median_size(table, sizes):
     """Independent rule: sort each step's per-seed best sizes; odd M: the middle one; even M: of the two
     middle ones, the one with the higher seed-averaged cosine (the smaller on a tie)."""

@@ -179,35 +179,45 @@ def calibrate(
     machines = [make_machine(ScaleSchedule((k,) * steps, name=f"constant:{k}")) for k in sizes]
     table = torch.zeros(steps, len(sizes), len(seeds), dtype=torch.float64)
     rollout = torch.zeros_like(table) if criterion == "rollout" else None
-    bar = tqdm(total=len(seeds) * steps, desc="calibrating", unit="step", disable=not progress)
+    bar = tqdm(total=len(seeds) * steps * (1 + len(sizes)), desc="calibrating", unit="step", disable=not progress)
     try:
         for cols, lab, noise in seed_batches(seeds, labels, batch_size, shape, dtype, device):
             n = len(noise)
-            finals: list[torch.Tensor] = [None] * steps  # step i-1 -> (K, n, C, H, W) rollout final images
+            # The network's own trajectory first: the x_t every machine is asked about (a machine's answer
+            # does not feed back into it).
+            states: list[tuple | None] = [None] * steps  # step i-1 -> (x_t, t, ref)
 
-            def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, cols=cols, n=n, finals=finals) -> torch.Tensor:
-                i = round(t * steps)
+            def probe(x: torch.Tensor, t: float, lab_: torch.Tensor | None = None, n=n, states=states) -> torch.Tensor:
                 a, _ = alpha_sigma(t)
                 d_net = net(x, t, lab_)
-                ref = x - a * d_net  # proportional to minus the network's score
-                d_k = []
-                for j, machine in enumerate(machines):
-                    d_k.append(machine(x, t, lab_))
-                    table[i - 1, j, cols] = cosine(ref, x - a * d_k[-1]).cpu()
-                if rollout is not None:
-                    # the machine at this step only, then the network to the end: all K sizes in one batch
-                    x_next = ddim_step(x.repeat(len(machines), 1, 1, 1), torch.cat(d_k), i, steps)
-                    lab_k = None if lab_ is None else lab_.repeat(len(machines))
-                    final = ddim_sample(net, x_next, steps, lab_k, first_step=i - 1).samples
-                    finals[i - 1] = final.view(len(machines), n, *final.shape[1:]).cpu()
+                states[round(t * steps) - 1] = (x.clone(), t, x - a * d_net)  # ref: proportional to -score
                 bar.update(n)
                 return d_net
 
             own = ddim_sample(probe, noise, steps, lab).samples.cpu()
+            # Then one candidate size at a time over all steps, in the sampler's order (t = 1 first): each
+            # machine sees the same calls as when the sizes took turns within a step, and a machine through
+            # an index keeps one size's sub-indexes loaded instead of cycling all of them at every step.
+            d_k = [[None] * len(machines) for _ in range(steps)] if rollout is not None else None
+            for j, machine in enumerate(machines):
+                for i in range(steps, 0, -1):
+                    x, t, ref = states[i - 1]
+                    a, _ = alpha_sigma(t)
+                    d = machine(x, t, lab)
+                    table[i - 1, j, cols] = cosine(ref, x - a * d).cpu()
+                    if d_k is not None:
+                        d_k[i - 1][j] = d
+                    bar.update(n)
             if rollout is not None:
-                for i in range(steps):
+                for i in range(steps, 0, -1):
+                    # the machine at this step only, then the network to the end: all K sizes in one batch
+                    x = states[i - 1][0]
+                    x_next = ddim_step(x.repeat(len(machines), 1, 1, 1), torch.cat(d_k[i - 1]), i, steps)
+                    lab_k = None if lab is None else lab.repeat(len(machines))
+                    final = ddim_sample(net, x_next, steps, lab_k, first_step=i - 1).samples
+                    final = final.view(len(machines), n, *final.shape[1:]).cpu()
                     for j in range(len(sizes)):
-                        rollout[i, j, cols] = pearson(finals[i][j], own)
+                        rollout[i - 1, j, cols] = pearson(final[j], own)
     finally:
         bar.close()
     chosen = median_size(criterion_table(table, rollout, criterion), sizes)
