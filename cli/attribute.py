@@ -84,8 +84,7 @@ def _table(rows: list[dict], classes) -> str:
               help="Also write one self-contained HTML page to explore the attribution in a browser.")
 @click.option("--force", is_flag=True, help="Replace existing outputs (--out of other settings, --plots pictures, the "
                                            "--html page) and create missing folders.")
-def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, exact, topk, nprobe, ef, k_factor,
-            tail_correction, scan_cap, dtype, block_mb, plots, pixel, recompute, as_json, html_path, force):
+def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, exact, knobs, dtype, block_mb, plots, pixel, recompute, as_json, html_path, force):
     """Which training patches made each pixel of each sample, at each step (exact, or --index).
 
     Reloads the training set the sample file records (refusing another one by fingerprint),
@@ -114,14 +113,13 @@ def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_pa
             raise PatchdbError(f"--pixel {pix[0]},{pix[1]} is outside the {h}x{w} image; use 0 <= y < {h}, 0 <= x < {w}")
     index = open_index(index_path) if index_path else None
     train = training_set_of(meta, dataset, root, None if exact else index)
-    knobs = (topk, nprobe, ef, k_factor, tail_correction, scan_cap)
-    as_drawn = index is None and not exact and all(v is None for v in knobs)
+    as_drawn = index is None and not exact and not knobs
     attr = None if recompute or not as_drawn else _reusable(out, samples, mass, max_contrib, rows)
     if attr is None:
         if out.exists() and not force:
             raise PatchdbError(f"--out {out} already exists and holds another attribution (other samples or settings"
                                f"{', or --recompute' if recompute else ''}); pass --force to replace it or choose another --out")
-        base = None if all(v is None for v in knobs) else retrieval_from(*knobs, base=recorded_retrieval(meta))
+        base = retrieval_from(knobs, base=recorded_retrieval(meta)) if knobs else None
         attr, out = attribute_file(samples, out, mass, max_contrib, rows, dataset, root, DTYPES[dtype],
                                    int(block_mb * 2**20), progress=True, index=index, retrieval=base, exact=exact)
         click.echo(f"wrote {out} ({attr.meta['seconds']:.1f} s, {storage_bytes(out)['file'] / 1e6:.2f} MB)", err=True)

@@ -13,7 +13,7 @@ from patchdb.evaluation.factories import machine_factory
 from patchdb.spec import Machine
 from patchdb.store import claim_output
 
-from .options import DTYPES, dataset_options, network_options, retrieval_from, setup
+from .options import DTYPES, dataset_options, network_options, setup
 
 
 @click.command()
@@ -31,8 +31,8 @@ from .options import DTYPES, dataset_options, network_options, retrieval_from, s
               help="Schedule JSON (usable as --schedule); the heat map PNG goes beside it.")
 @click.option("--force", is_flag=True, help="Replace an existing --out and its PNG (and create a missing folder).")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
-            net_time, num, seed, steps, label, batch_size, device, dtype, block_mb, index, exact_check, threads, topk,
-            nprobe, ef, k_factor, tail_correction, scan_cap, reuse, across, refresh, sample_above, machine, sizes, criterion, out, force, allow_other_data):
+            net_time, num, seed, steps, label, batch_size, device, dtype, block_mb, index, exact_check, threads, retrieval,
+            machine, sizes, criterion, out, force, allow_other_data):
     """Calibrate a scale schedule against a trained network (best size per step, median over seeds)."""
     out = claim_output(out, force, suffixes=(".json",))
     claim_output(out.with_suffix(".png"), force, what="--out (its heat map)")
@@ -53,7 +53,6 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
     if auto:
         candidates = list(range(3, about["receptive_field"] + 1, 2))
     candidates = check_sizes(candidates, data.height, data.width)
-    retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh, sample_above=sample_above)
     make = machine_factory(machine, images, data.labels, dev, int(block_mb * 2**20), index, fingerprint=data.fingerprint(),
                            retrieval=retrieval)
     click.echo(f"calibrating {machine.value} against {about['text']} over {num} seeds, sizes {list(candidates)}, "

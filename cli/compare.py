@@ -20,7 +20,6 @@ from .options import (
     network_options,
     parse_ints,
     parse_schedule_option,
-    retrieval_from,
     setup,
 )
 
@@ -42,8 +41,8 @@ from .options import (
 @click.option("--force", is_flag=True, help="Write into an --out folder that holds files, replacing them (and create "
                                            "a missing parent folder).")
 def command(dataset, root, split, download, limit, only_classes, policy, checkpoint, network, predict, net_schedule,
-            net_time, num, seed, steps, label, batch_size, device, dtype, block_mb, index, exact_check, threads, topk,
-            nprobe, ef, k_factor, tail_correction, scan_cap, reuse, across, refresh, sample_above, machines, schedules, protocol, at_steps, out, force, allow_other_data):
+            net_time, num, seed, steps, label, batch_size, device, dtype, block_mb, index, exact_check, threads, retrieval,
+            machines, schedules, protocol, at_steps, out, force, allow_other_data):
     """Sample the network and each machine from the same seeds; table of median r and r^2, scatter, grid
     (--protocol per-step: r^2 and MSE of D per step on the network's own trajectory)."""
     machines = [Machine.parse(m) for m in machines]
@@ -64,7 +63,6 @@ def command(dataset, root, split, download, limit, only_classes, policy, checkpo
     for s in scheds:
         s.check_fits(data.height, data.width)
     block = int(block_mb * 2**20)
-    retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh, sample_above=sample_above)
     denoisers, exact = {}, {}
     for m, s in zip(machines, scheds):
         name = m.value if list(machines).count(m) == 1 else f"{m.value}:{s.name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -85,8 +86,11 @@ def retrieval_options(recorded: bool = False):
     """--topk/--nprobe/--ef/--k-factor/--tail-correction/--scan-cap of the approximate engine, and
     (unless ``recorded``) --reuse/--across/--refresh, its step-to-step coherence, and --sample-above.
 
-    ``recorded``: the defaults are the settings a sample file records (attribute, query), so that
-    attribution retrieves what the sampler retrieved; otherwise :class:`Retrieval`'s defaults.
+    The command gets them gathered in one argument, so a new knob touches only this function and
+    :class:`Retrieval`: ``retrieval``, the :class:`Retrieval` of the options given (unknown ones at its
+    defaults); or, when ``recorded`` (attribute, query), ``knobs``, a dict of only the options given, to
+    lay over the settings a sample file records (:func:`retrieval_from`) so that attribution retrieves
+    what the sampler retrieved.
     """
     base = Retrieval()
 
@@ -129,20 +133,33 @@ def retrieval_options(recorded: bool = False):
                               "the index and estimate D from the uniform tail sample alone (0: off)."),
         ]
 
+    names = [_param_name(opt) for opt in opts]
+
     def wrap(f):
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            given = {name: kwargs.pop(name) for name in names}
+            if recorded:
+                kwargs["knobs"] = {name: value for name, value in given.items() if value is not None}
+            else:
+                kwargs["retrieval"] = retrieval_from(given)
+            return f(*args, **kwargs)
+
         for opt in reversed(opts):
-            f = opt(f)
-        return f
+            command = opt(command)
+        return command
 
     return wrap
 
 
-def retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, base: Retrieval | None = None,
-                   reuse=None, across=None, refresh=None, sample_above=None) -> Retrieval:
-    """The :class:`Retrieval` of the options given (None: as in ``base``, else the default)."""
-    return (base or Retrieval()).with_options(topk=topk, nprobe=nprobe, ef=ef, k_factor=k_factor,
-                                              tail_correction=tail_correction, scan_cap=scan_cap,
-                                              reuse=reuse, across=across, refresh=refresh, sample_above=sample_above)
+def _param_name(option) -> str:
+    """The Python name click gives the parameter of an option decorator."""
+    return option(lambda: None).__click_params__[0].name
+
+
+def retrieval_from(knobs: dict, base: Retrieval | None = None) -> Retrieval:
+    """The :class:`Retrieval` of the options given in ``knobs`` (None or absent: as in ``base``, else the default)."""
+    return (base or Retrieval()).with_options(**knobs)
 
 
 def network_options(f):

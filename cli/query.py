@@ -108,7 +108,7 @@ def _from_array(arr: np.ndarray, path: Path) -> torch.Tensor:
               help="Write a picture: each window beside its neighbours, outlined in their training images.")
 @click.option("--force", is_flag=True, help="Replace an existing --png (and create its missing folder).")
 @click.pass_context
-def command(ctx, image, sample_id, index_path, topk, nprobe, ef, k_factor, tail_correction, scan_cap, dataset, root,
+def command(ctx, image, sample_id, index_path, knobs, dataset, root,
             split, download, limit, only_classes, policy, size, machine, top, pixel, box, label, as_json, png, force):
     """Top-n nearest training windows of every window of IMAGE (or of one pixel or box).
 
@@ -125,10 +125,9 @@ def command(ctx, image, sample_id, index_path, topk, nprobe, ef, k_factor, tail_
     drawn_approx = meta is not None and meta.get("engine") == "approx"
     if index_path is None and drawn_approx and not dataset_given:
         index_path = meta.get("index")  # the sampler's own index and retrieval settings
-    knobs = (topk, nprobe, ef, k_factor, tail_correction, scan_cap)
     retrieval = None
-    if drawn_approx or any(v is not None for v in knobs):
-        retrieval = retrieval_from(*knobs, base=recorded_retrieval(meta) if drawn_approx else None)
+    if drawn_approx or knobs:
+        retrieval = retrieval_from(knobs, base=recorded_retrieval(meta) if drawn_approx else None)
     if index_path:
         index = open_index(index_path)
         index.check(machine, [size])

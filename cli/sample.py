@@ -29,7 +29,6 @@ from .options import (
     load_from_options,
     parse_schedule_option,
     resolve_device,
-    retrieval_from,
     retrieval_options,
 )
 
@@ -71,7 +70,7 @@ DEFAULT_SCHEDULE = "mnist-resnet-zeros"
 @retrieval_options()
 def command(dataset, root, split, download, limit, only_classes, policy, machine, schedule, steps, num, seeds,
             batch_size, seed, label, device, dtype, block_mb, save_trajectory, out, shard_size, workers, threads,
-            ray_address, force, index_file, exact, topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse, across, refresh, sample_above):
+            ray_address, force, index_file, exact, retrieval):
     """Generate samples with the exact engine of a machine (IS, LS, ELS, bbELS), or the top-K engine with --index.
 
     With --out ending in .h5 all samples go to one file; any other --out is a run folder: the seeds are
@@ -91,14 +90,13 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     if schedule is not None:
         parse_schedule_option(schedule, steps)  # a bad --schedule is one line before any work
     if not str(out).endswith(".h5"):
-        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh, sample_above=sample_above).to_dict()
         if index_file is None:  # checks the dataset options (and downloads) once, in this process
             load_from_options(dataset, root, split, download, limit, only_classes, policy)
         source = ({"kind": "index", "path": index_file, "exact": exact} if index_file is not None else
                   {"kind": "dataset", "dataset": dataset, "root": root, "split": split, "limit": limit,
                    "only_classes": only_classes and [int(c) for c in only_classes.split(",")], "policy": policy})
         return _sample_run(out, source, machine, schedule, steps, label, device, dtype, batch_size, block_mb,
-                           None if index_file is not None and exact else retrieval, seeds_option(seeds, num, seed),
+                           None if index_file is not None and exact else retrieval.to_dict(), seeds_option(seeds, num, seed),
                            shard_size, workers, threads, ray_address, force, save_trajectory)
     if workers > 1 or ray_address is not None or shard_size is not None:
         raise PatchdbError("--workers, --ray and --shard-size write a run folder; give --out a folder name, not a .h5 file")
@@ -109,7 +107,6 @@ def command(dataset, root, split, download, limit, only_classes, policy, machine
     machine = Machine.parse(machine)
     dev = resolve_device(device)
     if index_file is not None:
-        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh, sample_above=sample_above)
         return _sample_index(index_file, machine, schedule, steps, num, batch_size, seed, label, dev, dtype,
                              save_trajectory, out, exact, retrieval)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)

@@ -22,7 +22,6 @@ from .options import (
     check_seed_span,
     parse_schedule_option,
     resolve_device,
-    retrieval_from,
     retrieval_options,
 )
 
@@ -44,8 +43,7 @@ from .options import (
 @click.option("--exact-samples", type=click.Path(dir_okay=False), default=None,
               help="HDF5 file of exact samples: seeds it holds are not recomputed, new ones are added (the exact engine "
                    "is the slow half; keep its samples to compare other approximate settings against them).")
-def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, nprobe, ef, k_factor, tail_correction,
-            scan_cap, reuse, across, refresh, sample_above, dtype, device, min_r2, json_out, exact_samples, force):
+def command(file, machine, schedule, num_seeds, seed, label, batch_size, retrieval, dtype, device, min_r2, json_out, exact_samples, force):
     """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
     check_seed_span(seed, num_seeds)
     sched = parse_schedule_option(schedule)
@@ -53,7 +51,6 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, topk, n
         json_out = claim_output(json_out, force, what="--json-out", suffixes=(".json",))
     with open_index(file) as f:
         machine = machine if machine is not None else f.machine.value
-        retrieval = retrieval_from(topk, nprobe, ef, k_factor, tail_correction, scan_cap, reuse=reuse, across=across, refresh=refresh, sample_above=sample_above)
         approx = make_denoiser(machine, sched, index=f, retrieval=retrieval, dtype=DTYPES[dtype])
         dev = resolve_device(device)
         exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=dev)
