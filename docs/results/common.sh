@@ -43,3 +43,17 @@ calibrate_seeds() {
     done
     for p in "${pids[@]}"; do wait "$p"; done
 }
+
+# through_index CHECKPOINT DATA_AND_INDEX_OPTIONS...
+# A network against the bbELS machine over a whole training set through its index: calibrate (candidates 3..17, the
+# sizes the resnet-zeros indexes hold; seeds 1000-1001) into $OUT/schedule-bbels.json, compare over seeds 0-49 with the
+# checkpoint's committed schedule into $OUT/compare, and the per-step protocol on seeds 0-3 into $OUT/perstep.
+through_index() {
+    local ck=$1
+    shift
+    patchdb calibrate -c "$ck" "$@" --machine bbels --sizes 3,5,7,9,11,13,15,17 --num 2 --seed 1000 -b 2 --threads 1 \
+        -o "$OUT/schedule-bbels.json" $FORCE
+    patchdb compare -c "$ck" "$@" --num 50 --seed 0 -b 25 --threads 1 -s "$ck/schedule-bbels.json" --out "$OUT/compare" $FORCE
+    patchdb compare --protocol per-step -c "$ck" "$@" --num 4 --seed 0 -b 4 --threads 1 -s "$ck/schedule-bbels.json" \
+        --out "$OUT/perstep" $FORCE
+}
