@@ -84,7 +84,8 @@ def _table(rows: list[dict], classes) -> str:
               help="Also write one self-contained HTML page to explore the attribution in a browser.")
 @click.option("--force", is_flag=True, help="Replace existing outputs (--out of other settings, --plots pictures, the "
                                            "--html page) and create missing folders.")
-def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, exact, knobs, dtype, block_mb, plots, pixel, recompute, as_json, html_path, force):
+def command(samples, out, mass, max_contrib, sample_ids, dataset, root, index_path, exact, knobs, dtype, block_mb,
+            plots, pixel, recompute, as_json, html_path, force):
     """Which training patches made each pixel of each sample, at each step (exact, or --index).
 
     Reloads the training set the sample file records (refusing another one by fingerprint),

@@ -108,8 +108,8 @@ def _from_array(arr: np.ndarray, path: Path) -> torch.Tensor:
               help="Write a picture: each window beside its neighbours, outlined in their training images.")
 @click.option("--force", is_flag=True, help="Replace an existing --png (and create its missing folder).")
 @click.pass_context
-def command(ctx, image, sample_id, index_path, knobs, dataset, root,
-            split, download, limit, only_classes, policy, size, machine, top, pixel, box, label, as_json, png, force):
+def command(ctx, image, sample_id, index_path, knobs, dataset, root, split, download, limit, only_classes, policy,
+            size, machine, top, pixel, box, label, as_json, png, force):
     """Top-n nearest training windows of every window of IMAGE (or of one pixel or box).
 
     IMAGE is a PNG/JPEG, an .npy array, or a patchdb sample file (with --sample-id). The training

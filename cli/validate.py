@@ -43,7 +43,8 @@ from .options import (
 @click.option("--exact-samples", type=click.Path(dir_okay=False), default=None,
               help="HDF5 file of exact samples: seeds it holds are not recomputed, new ones are added (the exact engine "
                    "is the slow half; keep its samples to compare other approximate settings against them).")
-def command(file, machine, schedule, num_seeds, seed, label, batch_size, retrieval, dtype, device, min_r2, json_out, exact_samples, force):
+def command(file, machine, schedule, num_seeds, seed, label, batch_size, retrieval, dtype, device, min_r2, json_out,
+            exact_samples, force):
     """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
     check_seed_span(seed, num_seeds)
     sched = parse_schedule_option(schedule)
