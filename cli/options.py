@@ -116,6 +116,10 @@ def retrieval_options(recorded: bool = False):
         click.option("--scan-cap", type=FiniteFloatRange(min=0), default=default(base.scan_cap),
                      help=say("With --index: a query stops scanning after this many times the codes its nprobe "
                               "lists hold on average (0: no cap)", base.scan_cap)),
+        click.option("--list-scan/--query-scan", default=default(base.list_scan),
+                     help=say("With --index: scan IVF lists once per call for all the queries that probe them "
+                              "(dense products), or query by query with FAISS's own search",
+                              "--list-scan" if base.list_scan else "--query-scan")),
     ]
     if not recorded:  # step-to-step coherence: the sampler's; attribution re-runs steps one at a time
         opts += [

@@ -9,12 +9,14 @@ sampler records it in every sample file (:meth:`Retrieval.to_dict`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
 from ..errors import PatchdbError
 from ..indexing import faiss_ops as fx
+from ..indexing.batch_search import cached_scanner
 
 #: Candidates kept per query window.
 DEFAULT_TOPK = 64
@@ -30,6 +32,13 @@ DEFAULT_TAIL_CORRECTION = 1024
 #: re-ranks the ``reuse * topk`` candidates that ranked best at the previous step instead of searching
 #: the index again (see :class:`patchdb.denoisers.approx.ApproxMachine`).
 DEFAULT_REUSE = 0
+#: Largest window (C k^2 values) a list-major search scans with exact distances: 81 covers 3 x 3 to 9 x 9
+#: windows of one channel and 3 x 3, 5 x 5 of three. Their codes are 9-32 dims (no PCA below 32, PCA to 32
+#: above), so exact distances cost at most 2.5x the decoded ones and spare a re-rank factor of 16-32.
+DEFAULT_EXACT_SCAN = 81
+#: Re-rank factor cap of an exactly ranked search: it keeps the topk x 8 nearest, whose weights the
+#: re-rank computes in float64 (the tail sample estimates the rest, as for every search).
+EXACT_SCAN_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,16 @@ class Retrieval:
         counted exactly). At high noise the weights are nearly flat and the retrieved top-K hold a few
         percent of the mass at most, so the sample carries D anyway (docs/math.md "Approximate mode").
         Needs ``tail_correction``; 0: off.
+    list_scan : search IVF scalar-quantizer indexes list by list (:mod:`patchdb.indexing.batch_search`):
+        each probed list decoded once for all the queries of a call that probe it, distances one dense
+        product; the same candidates as FAISS's query-by-query search up to float rounding, the nearest
+        lists found exactly (``ef`` unused). False: FAISS's own search (files that do not record this
+        knob were drawn that way).
+    exact_scan : with ``list_scan``, windows of at most this many values (C k^2) are scanned with their
+        exact distances (gathered from the stored images) instead of the decoded codes, which then only
+        choose the lists: the search ranks exactly, so it keeps ``topk x min(k_factor, 8)`` candidates
+        (:data:`EXACT_SCAN_FACTOR`) instead of the ``topk x k_factor`` a coded ranking needs. 0: off
+        (files that do not record it).
     """
 
     topk: int = DEFAULT_TOPK
@@ -75,6 +94,8 @@ class Retrieval:
     across: bool = False
     refresh: float = 0.0
     sample_above: float = 0.0
+    list_scan: bool = True
+    exact_scan: int = DEFAULT_EXACT_SCAN
 
     def __post_init__(self) -> None:
         if int(self.topk) < 1:
@@ -82,11 +103,11 @@ class Retrieval:
         for name in ("scan_cap", "refresh", "sample_above"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(self, name)}")
-        for name in ("nprobe", "ef", "k_factor", "tail_correction", "reuse"):
+        for name in ("nprobe", "ef", "k_factor", "tail_correction", "reuse", "exact_scan"):
             if int(getattr(self, name)) < 0:
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         for f in fields(self):  # normalise types so that equal settings compare and record equal
-            kind = float if f.name in ("scan_cap", "refresh", "sample_above") else bool if f.name == "across" else int
+            kind = float if f.name in ("scan_cap", "refresh", "sample_above") else bool if f.name in ("across", "list_scan") else int
             object.__setattr__(self, f.name, kind(getattr(self, f.name)))
 
         if self.sample_above and not self.tail_correction:
@@ -108,21 +129,36 @@ class Retrieval:
     def from_dict(cls, data: dict | None) -> Retrieval:
         """The settings a file records (knobs it lacks take the defaults; unknown keys are ignored)."""
         known = {f.name for f in fields(cls)}
+        if data and "list_scan" not in data:  # recorded before list-major search existed: FAISS's search
+            data = {**data, "list_scan": False}
+        if data and "exact_scan" not in data:  # ... and before exact scans
+            data = {**data, "exact_scan": 0}
         return cls(**{k: v for k, v in (data or {}).items() if k in known and v is not None})
 
     def factor(self, entry) -> int:
         """The re-rank factor of a stored entry: ours, else the tuned one the file stores."""
         return self.k_factor or int(entry.info.get("k_factor", 1))
 
-    def wanted(self, entry, available: int) -> int:
-        """How many candidates to search for: K times the re-rank factor, never more than exist."""
-        return min(self.topk * self.factor(entry), available)
+    def wanted(self, entry, available: int, exact: bool = False) -> int:
+        """How many candidates to search for: K times the re-rank factor (at most
+        :data:`EXACT_SCAN_FACTOR` for an exactly ranked scan), never more than exist."""
+        factor = min(self.factor(entry), EXACT_SCAN_FACTOR) if exact else self.factor(entry)
+        return min(self.topk * factor, available)
+
+    def retrieve(self, index, queries: torch.Tensor, entry, available: int, id_range: tuple[int, int] | None,
+                 windows: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The candidates (R, P) of a search step: :meth:`search` for :meth:`wanted` of them, scanning
+        exactly (``windows``: ids -> (n, C k^2) float32 stored windows) where :attr:`exact_scan` allows."""
+        exact = (self.list_scan and 0 < queries.shape[1] <= self.exact_scan and cached_scanner(index) is not None)
+        want = self.wanted(entry, available, exact)
+        vectors = (lambda ids: windows(torch.from_numpy(ids)).numpy()) if exact else None
+        return self.search(index, queries, want, id_range, vectors=vectors)
 
     def search(self, index, queries: torch.Tensor, want: int, id_range: tuple[int, int] | None,
-               scan: float = 1.0) -> torch.Tensor:
+               scan: float = 1.0, vectors=None) -> torch.Tensor:
         """:func:`search_ids` with these settings; ``scan`` scales the scan cap (a lighter search)."""
         cap = self.scan_cap * scan if self.scan_cap else scan if scan < 1 else 0.0
-        return search_ids(index, queries, want, self.nprobe, self.ef, id_range, cap)
+        return search_ids(index, queries, want, self.nprobe, self.ef, id_range, cap, self.list_scan, vectors)
 
     def tail_sample(self, key: tuple[int, int, int], id_lo: int, id_hi: int) -> torch.Tensor | None:
         """The uniform tail sample (m,) of ids ``[id_lo, id_hi)`` of sub-index ``key``; None when off.
@@ -134,12 +170,15 @@ class Retrieval:
 
 
 def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int = 0,
-               id_range: tuple[int, int] | None = None, scan_cap: float = DEFAULT_SCAN_CAP) -> torch.Tensor:
+               id_range: tuple[int, int] | None = None, scan_cap: float = DEFAULT_SCAN_CAP,
+               list_scan: bool = False, vectors=None) -> torch.Tensor:
     """Ids (R, want) int64 of the ``want`` nearest stored vectors to ``queries`` (R, d) (already ``x / a``),
     -1 where fewer exist. Rows whose probed IVF lists held nothing (far-out queries at t ~ 1) are searched
     again with 8x more lists until they find candidates: a row without any would give 0/0. Each query
-    stops scanning after the list that takes it past ``scan_cap`` times the codes its nprobe lists hold
-    on average (0: no cap; never capped when every list is probed).
+    stops scanning once it has scanned ``scan_cap`` times the codes its nprobe lists hold on average, the
+    last list cut short (0: no cap; never capped when every list is probed). ``list_scan``: list by list
+    (:class:`patchdb.indexing.batch_search.ListScanner`) where the index allows it; ``vectors`` (with
+    it): ids -> stored vectors, to scan with exact distances.
     """
     q = queries.float().numpy()
     ivf = fx.as_ivf(index)
@@ -147,14 +186,21 @@ def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int
     max_codes = 0
     if scan_cap and ivf is not None and probe < ivf.nlist:  # probing every list asks for an exhaustive scan
         max_codes = max(want, math.ceil(scan_cap * fx.nominal_codes(index, probe)))
-    _, found = fx.search(index, q, want, probe, ef, id_range, max_codes)
+    scanner = cached_scanner(index) if list_scan else None
+    if scanner is not None:
+        _, found = scanner.search(q, want, probe, max_codes, id_range, sort=False, vectors=vectors)  # all re-ranked
+    else:
+        _, found = fx.search(index, q, want, probe, ef, id_range, max_codes)
     ids = torch.from_numpy(found).long()
     if ivf is None:
         return ids
     empty = (ids < 0).all(1).nonzero().view(-1)
     while empty.numel() and probe < ivf.nlist:
         probe = min(ivf.nlist, probe * 8)
-        _, again = fx.search(index, q[empty.numpy()], want, probe, ef, id_range)  # uncapped: must find some
+        if scanner is not None:  # uncapped: must find some
+            _, again = scanner.search(q[empty.numpy()], want, probe, 0, id_range, sort=False, vectors=vectors)
+        else:
+            _, again = fx.search(index, q[empty.numpy()], want, probe, ef, id_range)
         ids[empty] = torch.from_numpy(again).long()
         empty = empty[(ids[empty] < 0).all(1)]
     return ids

@@ -108,7 +108,9 @@ class IndexFile:
         self._entries: dict[int, list[Entry]] = {}
         self._source: PatchSource | None = None
         self._blanks: dict[tuple[int, int, int], Blanks | None] = {}
-        self._blanks_unloaded: dict[tuple[int, int, int], Blanks | None] = {}  # blanks(load=False), small
+        # Blank windows per sub-index as found from the images (depend on nothing else): kept when the
+        # sub-index is unloaded, so a reload (every batch, under a tight budget) need not find them again.
+        self._blanks_found: dict[tuple[int, int, int], Blanks | None] = {}
         self._lit: torch.Tensor | None = None  # lit_integral of the images, made on first need
 
     def _check_complete(self) -> None:
@@ -269,7 +271,10 @@ class IndexFile:
         if key not in self._indexes:
             data = self.h5[f"sizes/k{k}/e{i}/index/{g}"]
             self._make_room(k, data.nbytes)
-            index = fx.deserialize(data[()] if data.name in self._verified else self._verify(data))
+            # Checked against its checksum before FAISS parses it the first time (damaged bytes must give
+            # the one-line error, not whatever FAISS makes of them); later loads stream from the file.
+            index = fx.read_index(data if data.name in self._verified else self._verify(data))
+            self._verified.add(data.name)
             self._blanks[key] = self._take_out_blanks(index, k, i, g)
             extra = 0 if self._blanks[key] is None else self._blanks[key].nbytes
             self._indexes[key] = (index, int(data.nbytes) + extra)
@@ -289,11 +294,11 @@ class IndexFile:
         if load or key in self._indexes:
             self.index(k, i, g)
             return self._blanks[key]
-        if key not in self._blanks_unloaded:
+        if key not in self._blanks_found:
             ivf = "IVF" in self.entries(k)[i].info.get("plan", {}).get("key", "")
-            self._blanks_unloaded[key] = find_blanks(self._lit_images(), self.height, self.width, k,
-                                                     self.entries(k)[i].cand_pos[g]) if ivf else None
-        return self._blanks_unloaded[key]
+            self._blanks_found[key] = find_blanks(self._lit_images(), self.height, self.width, k,
+                                                  self.entries(k)[i].cand_pos[g]) if ivf else None
+        return self._blanks_found[key]
 
     def _lit_images(self) -> torch.Tensor:
         if self._lit is None:
@@ -304,8 +309,12 @@ class IndexFile:
         """Remove blank windows from a freshly loaded IVF sub-index (:func:`take_out_blanks`)."""
         if fx.as_ivf(index) is None:
             return None
-        return take_out_blanks(index, self._lit_images(), self.height, self.width, k, self.entries(k)[i].cand_pos[g],
-                               where=f"{self.path} size {k}")
+        key = (k, i, g)
+        found = (self._blanks_found[key],) if key in self._blanks_found else None
+        blanks = take_out_blanks(index, self._lit_images(), self.height, self.width, k, self.entries(k)[i].cand_pos[g],
+                                 where=f"{self.path} size {k}", found=found)
+        self._blanks_found[key] = blanks
+        return blanks
 
     def loaded_sizes(self) -> list[int]:
         """Patch sizes with sub-indexes in memory, least recently used first."""

@@ -103,6 +103,17 @@ class PatchSource:
             return dots, norms.div_(255.0 * 255.0), centres
         return dots, norms.div_(255.0 * 255.0)
 
+    def windows32(self, image: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
+        """:meth:`windows` of 1-D ``image``, ``pos`` as float32 (n, C*k*k), gathered from the int16 codes
+        (a quarter of the bytes of the float64 images; ``code / 255`` is the pixel value, rounded once to
+        float32): the exact vectors a list-major search scans instead of decoded FAISS codes."""
+        codes = self._int16_codes()
+        c, hp, wp = self.channels, self.hp, self.wp
+        rows = codes.as_strided((codes.numel() - k + 1, k), (1, 1))
+        row_off = (torch.arange(c).view(-1, 1) * (hp * wp) + torch.arange(k).view(1, -1) * wp).view(-1)
+        offs = (self._base(image, pos, self.pad - k // 2).unsqueeze(-1) + row_off).view(-1)
+        return torch.index_select(rows, 0, offs).view(len(image), c * k * k).float().div_(255.0)
+
     def _pixel_values(self) -> torch.Tensor:
         """Pixel value of each code ``2 w - 255`` (index ``code + 255``), as :meth:`centres` reads it from
         the images (``w / 127.5 - 1`` in their dtype); the padding's code 0 is not a pixel and maps to 0."""
@@ -217,15 +228,16 @@ def blank_mask(integral: torch.Tensor, height: int, width: int, k: int, cand_pos
 
 
 def take_out_blanks(index, integral: torch.Tensor, height: int, width: int, k: int, cand_pos: torch.Tensor,
-                    where: str = "index") -> Blanks | None:
+                    where: str = "index", found: tuple[Blanks | None] | None = None) -> Blanks | None:
     """Remove the blank windows (:func:`blank_mask`) from an IVF index over windows at ``cand_pos`` (L,);
     None for a Flat index (ids are positions, nothing is taken out) or when no window is blank.
     On black-background data blank windows are a large share of all windows (28% at k = 3 on
     Fashion-MNIST), all in one inverted list, which every query near black scans whole: taking them
-    out halves the k = 3 search (see README)."""
+    out halves the k = 3 search (see README). ``found``: ``(blanks,)`` as :func:`find_blanks` gave them
+    at an earlier load of the same sub-index (they depend on the images only)."""
     if fx.as_ivf(index) is None:
         return None
-    blanks = find_blanks(integral, height, width, k, cand_pos)
+    blanks = find_blanks(integral, height, width, k, cand_pos) if found is None else found[0]
     if blanks is None:
         return None
     removed = fx.remove_ids(index, blanks.mask.numpy())
