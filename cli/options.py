@@ -120,6 +120,10 @@ def retrieval_options(recorded: bool = False):
                      help=say("With --index: scan IVF lists once per call for all the queries that probe them "
                               "(dense products), or query by query with FAISS's own search",
                               "--list-scan" if base.list_scan else "--query-scan")),
+        click.option("--exact-scan", type=click.IntRange(min=0), default=default(base.exact_scan),
+                     help=say("With --list-scan: windows of at most this many values (channels x k x k) are "
+                              "scanned with exact distances, the codes only choosing the lists (0: off)",
+                              base.exact_scan)),
     ]
     if not recorded:  # step-to-step coherence: the sampler's; attribution re-runs steps one at a time
         opts += [

@@ -178,4 +178,4 @@ def test_exact_scan_keeps_the_exact_nearest_of_the_scanned_lists():
             order = np.argsort(true, kind="stable")[:20]
             assert np.allclose(np.sort(got_d), true[order], rtol=1e-4, atol=1e-5)
             assert len(np.intersect1d(got, visited[order])) >= 19
-    assert Retrieval.from_dict({"topk": 64}).exact_scan == 0 and Retrieval().exact_scan > 0
+    assert Retrieval.from_dict({"topk": 64}).exact_scan == 0 and Retrieval(exact_scan=81).exact_scan == 81

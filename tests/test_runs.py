@@ -148,6 +148,13 @@ def test_a_run_from_before_a_new_retrieval_knob_resumes(tiny, tmp_path):
     assert "2 shards already done" in res.output, res.output
     res = run([*args, "--out", out, "--sample-above", "0.9"])
     assert res.exit_code == 2 and "settings.retrieval.sample_above" in res.output, res.output
+    # Before list-major search: on by default, off there; the refusal names it.
+    del manifest["settings"]["retrieval"]["list_scan"], manifest["settings"]["retrieval"]["exact_scan"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = run([*args, "--out", out])
+    assert res.exit_code == 2 and "settings.retrieval.list_scan is False there, True here" in res.output, res.output
+    res = ok([*args, "--out", out, "--query-scan"])
+    assert "2 shards already done" in res.output, res.output
 
 
 def test_deleted_and_corrupt_shards_are_recomputed_and_said(tiny, tmp_path):

@@ -32,10 +32,12 @@ DEFAULT_TAIL_CORRECTION = 1024
 #: re-ranks the ``reuse * topk`` candidates that ranked best at the previous step instead of searching
 #: the index again (see :class:`patchdb.denoisers.approx.ApproxMachine`).
 DEFAULT_REUSE = 0
-#: Largest window (C k^2 values) a list-major search scans with exact distances: 81 covers 3 x 3 to 9 x 9
-#: windows of one channel and 3 x 3, 5 x 5 of three. Their codes are 9-32 dims (no PCA below 32, PCA to 32
-#: above), so exact distances cost at most 2.5x the decoded ones and spare a re-rank factor of 16-32.
-DEFAULT_EXACT_SCAN = 81
+#: Largest window (C k^2 values) a list-major search scans with exact distances (0: none). Off by default:
+#: at N = 60,000 (Fashion-MNIST, batch 64) ``--exact-scan 81`` (3 x 3 to 9 x 9 windows) sampled at the same
+#: speed as the decoded codes (18.9 against 18.1 CPU s per sample; gathering every list's windows costs what
+#: the smaller re-rank saves), slower at batch 20, with the same r^2 against exact samples and 1.3 GB less
+#: peak memory (docs/results/throughput).
+DEFAULT_EXACT_SCAN = 0
 #: Re-rank factor cap of an exactly ranked search: it keeps the topk x 8 nearest, whose weights the
 #: re-rank computes in float64 (the tail sample estimates the rest, as for every search).
 EXACT_SCAN_FACTOR = 8
@@ -76,11 +78,11 @@ class Retrieval:
         product; the same candidates as FAISS's query-by-query search up to float rounding, the nearest
         lists found exactly (``ef`` unused). False: FAISS's own search (files that do not record this
         knob were drawn that way).
-    exact_scan : with ``list_scan``, windows of at most this many values (C k^2) are scanned with their
-        exact distances (gathered from the stored images) instead of the decoded codes, which then only
-        choose the lists: the search ranks exactly, so it keeps ``topk x min(k_factor, 8)`` candidates
-        (:data:`EXACT_SCAN_FACTOR`) instead of the ``topk x k_factor`` a coded ranking needs. 0: off
-        (files that do not record it).
+    exact_scan : with ``list_scan``, windows of at most this many values (C k^2) are scanned (outside class
+        ranges: unconditional batches) with their exact distances, gathered from the stored images,
+        instead of the decoded codes, which then only choose the lists: the search ranks exactly, so it keeps ``topk x min(k_factor, 8)`` candidates
+        (:data:`EXACT_SCAN_FACTOR`) instead of the ``topk x k_factor`` a coded ranking needs. 0: off (the
+        default; files that do not record it).
     """
 
     topk: int = DEFAULT_TOPK
@@ -107,7 +109,8 @@ class Retrieval:
             if int(getattr(self, name)) < 0:
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         for f in fields(self):  # normalise types so that equal settings compare and record equal
-            kind = float if f.name in ("scan_cap", "refresh", "sample_above") else bool if f.name in ("across", "list_scan") else int
+            kind = (float if f.name in ("scan_cap", "refresh", "sample_above")
+                    else bool if f.name in ("across", "list_scan") else int)
             object.__setattr__(self, f.name, kind(getattr(self, f.name)))
 
         if self.sample_above and not self.tail_correction:
@@ -149,7 +152,10 @@ class Retrieval:
                  windows: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The candidates (R, P) of a search step: :meth:`search` for :meth:`wanted` of them, scanning
         exactly (``windows``: ids -> (n, C k^2) float32 stored windows) where :attr:`exact_scan` allows."""
-        exact = (self.list_scan and 0 < queries.shape[1] <= self.exact_scan and cached_scanner(index) is not None)
+        # Not within a class range: a conditional batch searches class by class, each list would be
+        # gathered again for every class (the codes are decoded again instead, ~20x cheaper).
+        exact = (self.list_scan and id_range is None and 0 < queries.shape[1] <= self.exact_scan
+                 and cached_scanner(index) is not None)
         want = self.wanted(entry, available, exact)
         vectors = (lambda ids: windows(torch.from_numpy(ids)).numpy()) if exact else None
         return self.search(index, queries, want, id_range, vectors=vectors)

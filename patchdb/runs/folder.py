@@ -67,8 +67,10 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 def _current_knobs(settings: dict) -> dict:
-    """A manifest's settings with the retrieval knobs added since it was written at their defaults: every
-    new knob defaults to off (the behaviour the run had), so a run started before it resumes."""
+    """A manifest's settings with the retrieval knobs added since it was written at the value they stand
+    for there (:meth:`Retrieval.from_dict`: off, the behaviour the run had). A run started before a knob
+    that defaults to off resumes with the same command; before list-major search (``list_scan``, on by
+    default) the refusal names it and ``--query-scan`` resumes it."""
     if not isinstance(settings.get("retrieval"), dict):
         return settings
     from ..denoisers.retrieval import Retrieval
