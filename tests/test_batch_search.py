@@ -179,3 +179,21 @@ def test_exact_scan_keeps_the_exact_nearest_of_the_scanned_lists():
             assert np.allclose(np.sort(got_d), true[order], rtol=1e-4, atol=1e-5)
             assert len(np.intersect1d(got, visited[order])) >= 19
     assert Retrieval.from_dict({"topk": 64}).exact_scan == 0 and Retrieval(exact_scan=81).exact_scan == 81
+
+
+def test_calls_with_few_queries_per_list_use_faiss_search(monkeypatch):
+    """Below LIST_SCAN_MIN_QUERIES_PER_LIST probing queries per list a call goes to FAISS's search (the
+    visit of every list would cost more than it saves); above, to the list scan."""
+    from patchdb.denoisers import retrieval
+
+    data, _ = _data(seed=9)
+    index = _index("IVF32,SQ8", data)
+    scans = []
+    search = ListScanner.search
+    monkeypatch.setattr(ListScanner, "search", lambda self, *a, **kw: scans.append(len(a[0])) or search(self, *a, **kw))
+    few = retrieval.LIST_SCAN_MIN_QUERIES_PER_LIST * 32 // 4 - 1  # nprobe 4 over 32 lists
+    for rows in (few, few + 1):
+        queries = torch.from_numpy(data[:rows] + 0.01)
+        found = search_ids(index, queries, 10, 4, 0, None, 1.0, list_scan=True)
+        assert found.shape == (rows, 10) and (found >= 0).all()
+    assert scans == [few + 1]

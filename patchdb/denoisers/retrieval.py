@@ -32,6 +32,11 @@ DEFAULT_TAIL_CORRECTION = 1024
 #: re-ranks the ``reuse * topk`` candidates that ranked best at the previous step instead of searching
 #: the index again (see :class:`patchdb.denoisers.approx.ApproxMachine`).
 DEFAULT_REUSE = 0
+#: A list-major search visits every probed list once per call (a Python step, a decode, a small product):
+#: below this many probing queries per list on average (queries x nprobe / nlist) FAISS's own search is
+#: used instead. Measured at N = 60,000: a class-conditional batch of 20 searches class by class, ~2,000
+#: queries x 128 probes over 16,384 lists (16 per list), and ran 1.3x slower by list than by query.
+LIST_SCAN_MIN_QUERIES_PER_LIST = 32
 #: Largest window (C k^2 values) a list-major search scans with exact distances (0: none). Off by default:
 #: at N = 60,000 (Fashion-MNIST, batch 64) ``--exact-scan 81`` (3 x 3 to 9 x 9 windows) sampled at the same
 #: speed as the decoded codes (18.9 against 18.1 CPU s per sample; gathering every list's windows costs what
@@ -183,8 +188,9 @@ def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int
     again with 8x more lists until they find candidates: a row without any would give 0/0. Each query
     stops scanning once it has scanned ``scan_cap`` times the codes its nprobe lists hold on average, the
     last list cut short (0: no cap; never capped when every list is probed). ``list_scan``: list by list
-    (:class:`patchdb.indexing.batch_search.ListScanner`) where the index allows it; ``vectors`` (with
-    it): ids -> stored vectors, to scan with exact distances.
+    (:class:`patchdb.indexing.batch_search.ListScanner`) where the index allows it and the call has at
+    least :data:`LIST_SCAN_MIN_QUERIES_PER_LIST` queries per list; ``vectors`` (with it): ids -> stored
+    vectors, to scan with exact distances.
     """
     q = queries.float().numpy()
     ivf = fx.as_ivf(index)
@@ -193,6 +199,8 @@ def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int
     if scan_cap and ivf is not None and probe < ivf.nlist:  # probing every list asks for an exhaustive scan
         max_codes = max(want, math.ceil(scan_cap * fx.nominal_codes(index, probe)))
     scanner = cached_scanner(index) if list_scan else None
+    if scanner is not None and len(q) * probe < LIST_SCAN_MIN_QUERIES_PER_LIST * ivf.nlist:
+        scanner = None  # too few queries per list to pay for visiting each list: FAISS's search
     if scanner is not None:
         _, found = scanner.search(q, want, probe, max_codes, id_range, sort=False, vectors=vectors)  # all re-ranked
     else:
