@@ -3,6 +3,7 @@ independent brute-force scan of the same lists."""
 
 import gc
 import math
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
@@ -197,3 +198,10 @@ def test_calls_with_few_queries_per_list_use_faiss_search(monkeypatch):
         found = search_ids(index, queries, 10, 4, 0, None, 1.0, list_scan=True)
         assert found.shape == (rows, 10) and (found >= 0).all()
     assert scans == [few + 1]
+    # An exactly ranked search keeps topk x 8; a call that goes to FAISS keeps the coded ranking's factor.
+    entry = SimpleNamespace(info={"k_factor": 32})
+    settings = Retrieval(topk=2, nprobe=4, exact_scan=81)
+    for rows, width in ((few, 2 * 32), (few + 1, 2 * 8)):
+        ids = settings.retrieve(index, torch.from_numpy(data[:rows] + 0.01), entry, len(data), None,
+                                lambda found: torch.from_numpy(data[found.numpy()]))
+        assert ids.shape == (rows, width)

@@ -85,9 +85,9 @@ class Retrieval:
         knob were drawn that way).
     exact_scan : with ``list_scan``, windows of at most this many values (C k^2) are scanned (outside class
         ranges: unconditional batches) with their exact distances, gathered from the stored images,
-        instead of the decoded codes, which then only choose the lists: the search ranks exactly, so it keeps ``topk x min(k_factor, 8)`` candidates
-        (:data:`EXACT_SCAN_FACTOR`) instead of the ``topk x k_factor`` a coded ranking needs. 0: off (the
-        default; files that do not record it).
+        instead of the decoded codes, which then only choose the lists: the search ranks exactly, so it
+        keeps ``topk x min(k_factor, 8)`` candidates (:data:`EXACT_SCAN_FACTOR`) instead of the
+        ``topk x k_factor`` a coded ranking needs. 0: off (the default; files that do not record it).
     """
 
     topk: int = DEFAULT_TOPK
@@ -160,7 +160,7 @@ class Retrieval:
         # Not within a class range: a conditional batch searches class by class, each list would be
         # gathered again for every class (the codes are decoded again instead, ~20x cheaper).
         exact = (self.list_scan and id_range is None and 0 < queries.shape[1] <= self.exact_scan
-                 and cached_scanner(index) is not None)
+                 and list_scanner(index, queries.shape[0], self.nprobe) is not None)
         want = self.wanted(entry, available, exact)
         vectors = (lambda ids: windows(torch.from_numpy(ids)).numpy()) if exact else None
         return self.search(index, queries, want, id_range, vectors=vectors)
@@ -178,6 +178,18 @@ class Retrieval:
             return None
         gen = torch.Generator().manual_seed(hash((self.tail_seed, *key, id_lo)) % 2**31)
         return torch.randint(id_lo, id_hi, (self.tail_correction,), generator=gen)
+
+
+def list_scanner(index, rows: int, nprobe: int = 0):
+    """The :class:`patchdb.indexing.batch_search.ListScanner` that searches ``rows`` queries of ``index``
+    at ``nprobe`` (0: its own), or None: the index cannot be scanned by list, or the call has fewer than
+    :data:`LIST_SCAN_MIN_QUERIES_PER_LIST` probing queries per list (FAISS's search is then cheaper)."""
+    scanner = cached_scanner(index)
+    if scanner is None:
+        return None
+    ivf = scanner.ivf
+    probe = max(1, nprobe or int(ivf.nprobe))
+    return scanner if rows * min(probe, ivf.nlist) >= LIST_SCAN_MIN_QUERIES_PER_LIST * ivf.nlist else None
 
 
 def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int = 0,
@@ -198,9 +210,7 @@ def search_ids(index, queries: torch.Tensor, want: int, nprobe: int = 0, ef: int
     max_codes = 0
     if scan_cap and ivf is not None and probe < ivf.nlist:  # probing every list asks for an exhaustive scan
         max_codes = max(want, math.ceil(scan_cap * fx.nominal_codes(index, probe)))
-    scanner = cached_scanner(index) if list_scan else None
-    if scanner is not None and len(q) * probe < LIST_SCAN_MIN_QUERIES_PER_LIST * ivf.nlist:
-        scanner = None  # too few queries per list to pay for visiting each list: FAISS's search
+    scanner = list_scanner(index, len(q), nprobe) if list_scan else None
     if scanner is not None:
         _, found = scanner.search(q, want, probe, max_codes, id_range, sort=False, vectors=vectors)  # all re-ranked
     else:

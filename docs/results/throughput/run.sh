@@ -24,8 +24,32 @@ for kind in ("uncond", "cond"):
     import torch
     merged.store([seed], None if label < 0 else torch.tensor([label]), traj.unsqueeze(1), sample.unsqueeze(0), sec)
 PY
+# --- N = 60,000 (the night section): list-major search (the default since), streamed loads -------------
+# Uses the index and the merged exact samples of the afternoon section's steps 1 and 2 (above). Accuracy,
+# ~9 min each with one thread (the conditional run was made before calls with few queries per list went
+# back to FAISS's search; see README). The older sections below pass --query-scan: they were FAISS's.
+night() {  # NAME KIND FLAGS...
+    local name=$1 kind=$2; shift 2
+    local lab=""; [ "$kind" = cond ] && lab="--label all"
+    cp "$OUT/exact-${kind}20.h5" "$OUT/ex-$kind-$name.h5"
+    OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate indexes/fmnist-bbels.h5 -s fashion-mnist-resnet-zeros \
+        --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --force --reuse 4 --sample-above 0.9 $lab "$@" \
+        --exact-samples "$OUT/ex-$kind-$name.h5" --json-out "$OUT/validate-r4-sa09-$name-$kind.json"
+}
+night listscan uncond --exact-scan 0 & night listscan cond --exact-scan 81 & wait
+night exact81 uncond --exact-scan 81
+# Throughput: one worker (20 min each), then two (the row of the README; 20 min).
+S="env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index indexes/fmnist-bbels.h5"
+X="--scan-cap 0.5 --reuse 4 --sample-above 0.9"
+$S --num 64 --workers 1 --batch 64 --extra "$X" --out "$OUT/scale-w1-b64-listscan.json"
+$S --num 64 --workers 1 --batch 64 --extra "$X --exact-scan 81" --out "$OUT/scale-w1-b64-exact81.json"
+$S --num 128 --workers 2 --batch 64 --extra "$X" --out "$OUT/scale-w2-b64-listscan.json"
+# CIFAR-10, all 50,000 images (indexes/cifar10-bbels.h5: docs/results/scale/run.sh), the same setting:
+env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 \
+    --index indexes/cifar10-bbels.h5 --num 128 --workers 2 --batch 64 --extra "$X" --out "$OUT/cifar50k-w2-b64-listscan.json"
+
 # 3. Accuracy against them, two one-thread runs side by side (~8-11 min each here).
-V="patchdb validate $INDEX -s fashion-mnist-resnet-zeros --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --force"
+V="patchdb validate $INDEX -s fashion-mnist-resnet-zeros --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --force --query-scan"
 run() {  # NAME KIND FLAGS...
     local name=$1 kind=$2; shift 2
     local lab=""; [ "$kind" = cond ] && lab="--label all"
@@ -49,11 +73,11 @@ run r4-sa08 cond --reuse 4 --sample-above 0.8
 run r4-sa09 cond --reuse 4 --sample-above 0.9 & run r4-sa09 uncond --reuse 4 --sample-above 0.9 & wait
 # 4. Throughput of patchdb sample with --reuse 4: one worker at batch 16, two at batch 16 and 64.
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=7GiB python benchmarks/scale.py measure --index "$INDEX" --num 16 --workers 1 \
-    --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w1-b16.json"
+    --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4 --query-scan" --out "$OUT/w1-b16.json"
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --index "$INDEX" --num 32 --workers 2 \
-    --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w2-b16.json"
+    --batch 16 --threads 1 --extra "--scan-cap 0.5 --reuse 4 --query-scan" --out "$OUT/w2-b16.json"
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --index "$INDEX" --num 128 --workers 2 \
-    --batch 64 --threads 1 --extra "--scan-cap 0.5 --reuse 4" --out "$OUT/w2-b64.json"
+    --batch 64 --threads 1 --extra "--scan-cap 0.5 --reuse 4 --query-scan" --out "$OUT/w2-b64.json"
 
 # 5. With --sample-above 0.9 (the evening section) and the CIFAR-10 rows: docs/results/scale/run.sh, last block.
 
