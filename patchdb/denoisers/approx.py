@@ -310,7 +310,7 @@ class ApproxMachine:
             ids = self._with_fresh(carried, q / a, key, entry, id_range, id_hi - id_lo)
         else:
             ids = self.retrieval.retrieve(self.file.index(*key), q / a, entry, id_hi - id_lo, id_range,
-                                          self._windows(cand_pos, per_image, key[0]))
+                                          lambda found: self.source.windows32(found, cand_pos, key[0]))
         n_total = id_hi - id_lo
         blank = self._blank(key, lo, hi, cand_pos, per_image, load=not sample_only)
         sample = self.retrieval.tail_sample(key, id_lo, id_hi)
@@ -326,10 +326,6 @@ class ApproxMachine:
             best.append(bs)
         best = torch.cat(best) if self.retrieval.reuse else None
         return torch.cat(vals), torch.cat(bounds), (torch.cat(tails) if sample is not None else None), best
-
-    def _windows(self, cand_pos: torch.Tensor, per_image: int, k: int):
-        """ids -> their stored windows (n, C k^2) float32, for an exactly ranked search."""
-        return lambda ids: self.source.windows32(ids // per_image, cand_pos[ids % per_image], k)
 
     def _with_fresh(self, carried: torch.Tensor, q: torch.Tensor, key, entry: Entry, id_range, available: int) -> torch.Tensor:
         """The carried candidates (R, M) of a reused step, plus (``Retrieval.refresh``) ``topk`` found by a

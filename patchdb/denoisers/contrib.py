@@ -489,7 +489,7 @@ def _retrieve(index, src, k: int, entry_i: int, entry, g: int, cand_pos: torch.T
     id_lo, id_hi = lo * per_image, hi * per_image
     key = (k, entry_i, g)
     ids = retrieval.retrieve(index.index(*key), q / a, entry, id_hi - id_lo, None if whole else (id_lo, id_hi),
-                             lambda ids: src.windows32(ids // per_image, cand_pos[ids % per_image], k))
+                             lambda found: src.windows32(found, cand_pos, k))
     mult = torch.zeros(ids.shape[1], dtype=torch.float64)
     blanks = index.blanks(*key)
     count = 0 if blanks is None else blanks.count(lo, hi)

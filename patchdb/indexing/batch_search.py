@@ -106,8 +106,7 @@ class ListScanner:
         ids = np.empty((len(xq), k), dtype=np.int64)
         for s in range(0, len(xq), ROWS_PER_PASS):
             dist[s : s + ROWS_PER_PASS], ids[s : s + ROWS_PER_PASS] = self._search(
-                xq[s : s + ROWS_PER_PASS], k, nprobe, max_codes, id_range, sort,
-                None if vectors is None else (raw[s : s + ROWS_PER_PASS], vectors))
+                xq[s : s + ROWS_PER_PASS], raw[s : s + ROWS_PER_PASS], k, nprobe, max_codes, id_range, sort, vectors)
         return dist, ids
 
     def _in_range(self, id_range) -> np.ndarray:
@@ -123,10 +122,11 @@ class ListScanner:
             self._range_counts[id_range] = counts
         return counts
 
-    def _search(self, xq, k, nprobe, max_codes, id_range, sort, exact):
+    def _search(self, xq, raw, k, nprobe, max_codes, id_range, sort, vectors):
+        """:meth:`search` of transformed queries ``xq`` (``raw``: as given, for exact ``vectors``)."""
         lists = self.assign(xq, nprobe)
-        if exact is not None:  # distances to the stored vectors: the queries as given
-            xq, vectors = exact
+        if vectors is not None:  # distances to the stored vectors: the queries as given
+            xq = raw
         counts = self.sizes if id_range is None else self._in_range(tuple(id_range))
         sizes = np.where(lists >= 0, counts[np.maximum(lists, 0)], 0)
         limits = sizes
@@ -137,11 +137,11 @@ class ListScanner:
         heap = faiss.ResultHeap(len(xq), k)
         xq2 = xq * -2  # distances up to |q|^2 (the same for a row): |y|^2 - 2 q.y
         # Exact vectors: one pass (gathering them again per pass costs more than the heap saves; K is small).
-        bounds = [0, nprobe] if exact is not None else [r for r in RANK_PASSES if r < nprobe] + [nprobe]
+        bounds = [0, nprobe] if vectors is not None else [r for r in RANK_PASSES if r < nprobe] + [nprobe]
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             sel = (ranks >= lo) & (ranks < hi)
             self._scan(heap, xq2, rows[sel], lists[rows[sel], ranks[sel]], limits[rows[sel], ranks[sel]], id_range,
-                       None if exact is None else vectors)
+                       vectors)
         if sort:
             heap.finalize()
         filled = heap.I >= 0  # unfilled slots (fewer than k scanned) keep id -1 and float32 max

@@ -107,7 +107,6 @@ class IndexFile:
         self._indexes: dict[tuple[int, int, int], tuple[object, int]] = {}
         self._entries: dict[int, list[Entry]] = {}
         self._source: PatchSource | None = None
-        self._blanks: dict[tuple[int, int, int], Blanks | None] = {}
         # Blank windows per sub-index as found from the images (depend on nothing else): kept when the
         # sub-index is unloaded, so a reload (every batch, under a tight budget) need not find them again.
         self._blanks_found: dict[tuple[int, int, int], Blanks | None] = {}
@@ -275,8 +274,8 @@ class IndexFile:
             # the one-line error, not whatever FAISS makes of them); later loads stream from the file.
             index = fx.read_index(data if data.name in self._verified else self._verify(data))
             self._verified.add(data.name)
-            self._blanks[key] = self._take_out_blanks(index, k, i, g)
-            extra = 0 if self._blanks[key] is None else self._blanks[key].nbytes
+            blanks = self._take_out_blanks(index, k, i, g)
+            extra = 0 if blanks is None else blanks.nbytes
             self._indexes[key] = (index, int(data.nbytes) + extra)
             self.loads += 1
         # Most recently used last: re-insert this size's entries (dicts keep insertion order).
@@ -293,7 +292,7 @@ class IndexFile:
         key = (k, i, g)
         if load or key in self._indexes:
             self.index(k, i, g)
-            return self._blanks[key]
+            return self._blanks_found.get(key)  # None for a Flat sub-index: nothing taken out
         if key not in self._blanks_found:
             ivf = "IVF" in self.entries(k)[i].info.get("plan", {}).get("key", "")
             self._blanks_found[key] = find_blanks(self._lit_images(), self.height, self.width, k,
@@ -331,7 +330,6 @@ class IndexFile:
                 continue
             for key in [key2 for key2 in self._indexes if key2[0] == old]:
                 used -= self._indexes.pop(key)[1]
-                self._blanks.pop(key, None)
             log.info("unloaded the k=%d indexes of %s (index memory budget %.1f GiB; set %s to keep more)",
                      old, self.path.name, self.cache_bytes / 2**30, CACHE_ENV)
 

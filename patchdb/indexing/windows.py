@@ -70,13 +70,10 @@ class PatchSource:
         ``with_centres``: also the windows' centre pixels (R, P, C) float64, read from the codes already
         gathered (one random read per candidate less than :meth:`centres`; the same values bit for bit).
         """
-        codes = self._int16_codes()
         r, p = image.shape
-        c, hp, wp = self.channels, self.hp, self.wp
+        c = self.channels
         d = c * k * k
-        # One view row per (window row start): k consecutive pixels, overlapping rows (no copy).
-        rows = codes.as_strided((codes.numel() - k + 1, k), (1, 1))
-        row_off = (torch.arange(c).view(-1, 1) * (hp * wp) + torch.arange(k).view(1, -1) * wp).view(-1)  # (C*k,)
+        rows, row_off = self._code_rows(k)
         base = self._base(image, pos, self.pad - k // 2)  # (R, P) flat offset of each window's top-left pixel
         qd = q.double() / 255.0  # (R, d)
         dots = torch.empty(r, p, dtype=torch.float64)
@@ -103,16 +100,24 @@ class PatchSource:
             return dots, norms.div_(255.0 * 255.0), centres
         return dots, norms.div_(255.0 * 255.0)
 
-    def windows32(self, image: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
-        """:meth:`windows` of 1-D ``image``, ``pos`` as float32 (n, C*k*k), gathered from the int16 codes
-        (a quarter of the bytes of the float64 images; ``code / 255`` is the pixel value, rounded once to
-        float32): the exact vectors a list-major search scans instead of decoded FAISS codes."""
+    def _code_rows(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int16 codes as overlapping rows of ``k`` consecutive pixels (a view, no copy), and the row
+        offsets (C*k,) of a window's rows from its top-left pixel: a window is ``C*k`` rows of this view."""
         codes = self._int16_codes()
         c, hp, wp = self.channels, self.hp, self.wp
         rows = codes.as_strided((codes.numel() - k + 1, k), (1, 1))
-        row_off = (torch.arange(c).view(-1, 1) * (hp * wp) + torch.arange(k).view(1, -1) * wp).view(-1)
-        offs = (self._base(image, pos, self.pad - k // 2).unsqueeze(-1) + row_off).view(-1)
-        return torch.index_select(rows, 0, offs).view(len(image), c * k * k).float().div_(255.0)
+        return rows, (torch.arange(c).view(-1, 1) * (hp * wp) + torch.arange(k).view(1, -1) * wp).view(-1)
+
+    def windows32(self, ids: torch.Tensor, cand_pos: torch.Tensor, k: int) -> torch.Tensor:
+        """The windows of sub-index ids ``ids`` (n,) (image ``id // L``, position ``cand_pos[id % L]``) as
+        float32 (n, C*k*k), gathered from the int16 codes (a quarter of the bytes of the float64 images;
+        ``code / 255`` is the pixel value, rounded once to float32): the exact vectors a list-major search
+        scans instead of decoded FAISS codes."""
+        rows, row_off = self._code_rows(k)
+        per_image = len(cand_pos)
+        base = self._base(ids // per_image, cand_pos[ids % per_image], self.pad - k // 2)
+        offs = (base.unsqueeze(-1) + row_off).view(-1)
+        return torch.index_select(rows, 0, offs).view(len(ids), self.channels * k * k).float().div_(255.0)
 
     def _pixel_values(self) -> torch.Tensor:
         """Pixel value of each code ``2 w - 255`` (index ``code + 255``), as :meth:`centres` reads it from
