@@ -38,6 +38,10 @@ night() {  # NAME KIND FLAGS...
 }
 night listscan uncond --exact-scan 0 & night listscan cond --exact-scan 81 & wait
 night exact81 uncond --exact-scan 81
+# One k = 5 search step both ways (FAISS by query, by list) and a profile of one batch of 16 (5 min):
+python benchmarks/list_scan.py indexes/fmnist-bbels.h5 "$OUT/exact-uncond20.h5" --step 16 --queries 4096
+python benchmarks/list_scan.py indexes/fmnist-bbels.h5 "$OUT/exact-uncond20.h5" --step 16 --queries 16384
+OMP_NUM_THREADS=1 python benchmarks/profile_sample.py indexes/fmnist-bbels.h5 --batch 16 --knobs '{"exact_scan": 81}'
 # Throughput: one worker (20 min each), then two (the row of the README; 20 min).
 S="env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index indexes/fmnist-bbels.h5"
 X="--scan-cap 0.5 --reuse 4 --sample-above 0.9"
