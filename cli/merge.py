@@ -11,6 +11,7 @@ from patchdb.evaluation.compare import format_table, write_report
 from patchdb.evaluation.merge import (
     merge_calibration_files,
     merge_comparisons,
+    merge_exact_samples,
     merge_validations,
     write_merged_calibration,
     write_merged_validation,
@@ -72,4 +73,22 @@ def validate_parts(out: Path, force: bool, parts: tuple[Path, ...]) -> None:
     report = merge_validations(list(parts))
     write_merged_validation(report, out)
     click.echo(f"median r^2 {report['r2_median']:.5f} (min {report['r2_min']:.5f}) over {len(report['seeds'])} seeds")
+    click.echo(f"wrote {out}", err=True)
+
+
+@command.command("exact")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output exact-samples file (.h5), for patchdb validate --exact-samples.")
+@FORCE
+@PARTS
+def exact_parts(out: Path, force: bool, parts: tuple[Path, ...]) -> None:
+    """Merge exact samples into one file for patchdb validate --exact-samples: its own files, and sample
+    files of the exact engine written with --save-trajectory (e.g. one seed per process, on several machines)."""
+    out = claim_output(out, force, suffixes=(".h5",))
+    cache, notes = merge_exact_samples(list(parts), out)
+    for note in notes:
+        click.echo(note, err=True)
+    seeds = sorted({seed for seed, _ in cache.entries})
+    click.echo(f"{len(cache.entries)} exact samples (seeds {seeds[0]}..{seeds[-1]}) of {cache.key['machine']}, "
+               f"schedule {','.join(str(k) for k in cache.key['schedule'])}")
     click.echo(f"wrote {out}", err=True)

@@ -349,6 +349,21 @@ class ExactSamples:
         if self.path.exists():
             self._load()
 
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ExactSamples:
+        """An existing file with the key it records (no key to check it against)."""
+        path = Path(path)
+        with open_checked(path, EXACT_CACHE_FORMAT, EXACT_CACHE_VERSION) as f:
+            key = metadata(f)
+        return cls(path, key)
+
+    @classmethod
+    def holding(cls, path: str | os.PathLike, key: dict, entries: dict) -> ExactSamples:
+        """A file to be written at ``path`` (:meth:`save`) with ``entries`` for ``key``, whatever is there now."""
+        out = cls.__new__(cls)
+        out.path, out.key, out.entries = check_writable(path), key, dict(entries)
+        return out
+
     def _load(self) -> None:
         with open_checked(self.path, EXACT_CACHE_FORMAT, EXACT_CACHE_VERSION) as f:
             found = metadata(f)
@@ -381,6 +396,10 @@ class ExactSamples:
         keys = self._keys(seeds, labels)
         for j, k in enumerate(keys):
             self.entries[k] = (trajectory[:, j].detach().cpu(), samples[j].detach().cpu(), seconds / len(keys))
+        self.save()
+
+    def save(self) -> None:
+        """Write :attr:`entries` to the file (atomically), as they are."""
         order = sorted(self.entries)
         with atomic_h5(self.path, EXACT_CACHE_FORMAT, EXACT_CACHE_VERSION, self.key) as f:
             f.create_dataset("seeds", data=np.array([k[0] for k in order], dtype=np.int64))
@@ -388,3 +407,43 @@ class ExactSamples:
             f.create_dataset("samples", data=torch.stack([self.entries[k][1] for k in order]).numpy())
             f.create_dataset("trajectory", data=torch.stack([self.entries[k][0] for k in order], 1).numpy())
             f.create_dataset("seconds", data=np.array([self.entries[k][2] for k in order]))
+
+
+def read_exact_part(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(key, entries)`` of a file holding exact samples with their trajectories, in the form of
+    :class:`ExactSamples` (``entries``: (seed, label) -> (trajectory (S, C, H, W), sample, seconds)):
+    an exact-samples cache, or a sample file that ``patchdb sample --save-trajectory`` wrote with the
+    exact engine (its key made from its metadata, as ``patchdb validate`` makes it from an index file
+    of the same dataset). Anything else is refused in one line."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        raise PatchdbError(f"{path} is not an HDF5 file patchdb can read; pass exact-samples or sample files") from None
+    if fmt == EXACT_CACHE_FORMAT:
+        part = ExactSamples.read(path)
+        return part.key, part.entries
+    if fmt != SAMPLES_FORMAT:
+        raise PatchdbError(f"{path} is a {fmt or 'non-patchdb'} file; pass exact-samples files (patchdb validate "
+                           "--exact-samples) or sample files (patchdb sample --save-trajectory)")
+    data = read_samples(path)
+    meta = data["metadata"]
+    if meta.get("engine") != "exact":
+        raise PatchdbError(f"{path} holds samples of the {meta.get('engine', 'unknown')} engine; only exact samples "
+                           "can serve as the reference (patchdb sample without --index, or with --exact)")
+    if "trajectory" not in data:
+        raise PatchdbError(f"{path} has no trajectory; sample again with --save-trajectory")
+    schedule = [int(v) for v in data.get("schedule", [])]
+    if data["trajectory"].shape[0] != len(schedule):
+        raise PatchdbError(f"{path}: its trajectory has {data['trajectory'].shape[0]} steps and its schedule "
+                           f"{len(schedule)}; sample again with --steps equal to the schedule's length")
+    samples = torch.from_numpy(data["samples"])
+    key = json.loads(json.dumps({"fingerprint": meta.get("fingerprint"), "machine": meta.get("machine"),
+                                 "schedule": schedule, "dtype": meta.get("dtype"), "device": meta.get("device"),
+                                 "shape": list(samples.shape[1:])}, sort_keys=True))
+    traj = torch.from_numpy(data["trajectory"])
+    seconds = float(meta.get("seconds", 0.0)) / max(1, len(samples))
+    entries = {(int(s), int(lab)): (traj[:, j], samples[j], seconds)
+               for j, (s, lab) in enumerate(zip(data["seeds"], data["labels"]))}
+    return key, entries

@@ -140,3 +140,54 @@ def test_exact_samples_side_by_side_runs_keep_each_others_seeds(tmp_path):
     assert again.lookup([5], None) is None and again.lookup([5], [3])[2] == 1.5
     with pytest.raises(PatchdbError, match="other settings"):
         ExactSamples(path, {**key, "schedule": [3, 7]})
+
+
+def test_merge_exact_takes_sample_files_and_validate_reuses_them(tmp_path):
+    """Exact samples drawn by ``patchdb sample --save-trajectory`` (on the dataset, or through an index file
+    with --exact), merged by ``patchdb merge exact``, are what ``validate`` computes itself for those seeds."""
+    small = tmp_path / "small.h5"
+    assert run("build", "--limit", "3", "--scales", "3,5", "--out", small).exit_code == 0
+    fresh, merged = tmp_path / "fresh.h5", tmp_path / "merged.h5"
+    common = ["validate", small, "-s", "3,5", "--seeds", "2", "-b", "1", "--topk", "4", "--min-r2", "0"]
+    assert run(*common, "--exact-samples", fresh, "--json-out", tmp_path / "fresh.json").exit_code == 0
+    s0, s1 = tmp_path / "s0.h5", tmp_path / "s1.h5"
+    one = ["-s", "3,5", "-n", "1", "-b", "1", "--save-trajectory"]
+    assert run("sample", "--limit", "3", *one, "--seed", "0", "--out", s0).exit_code == 0
+    assert run("sample", "--index", small, "--exact", *one, "--seed", "1", "--out", s1).exit_code == 0
+    res = run("merge", "exact", "--out", merged, s0, s1)
+    assert res.exit_code == 0 and "2 exact samples (seeds 0..1)" in res.output, res.output
+    with h5py.File(fresh) as a, h5py.File(merged) as b:
+        assert json.loads(a.attrs["metadata"]) == json.loads(b.attrs["metadata"])
+        for name in ("seeds", "labels", "samples", "trajectory"):
+            assert (a[name][()] == b[name][()]).all(), name
+    res = run(*common, "--exact-samples", merged, "--json-out", tmp_path / "reused.json")
+    assert res.exit_code == 0 and "exact samples of 2 seeds read from" in res.output, res.output
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("fresh", "reused"))
+    assert a["r2"] == b["r2"] and b["exact_reused"] == 2
+    # the cache itself merges too; a seed held twice with the same values is taken once
+    res = run("merge", "exact", "--out", tmp_path / "again.h5", fresh, s1)
+    assert res.exit_code == 0 and "taken once" in res.output, res.output
+
+
+@pytest.mark.parametrize("make, message", [
+    (["--index", "{small}"], "holds samples of the approx engine"),
+    (["--limit", "3"], "no trajectory"),
+    (["--limit", "3", "-s", "5,3", "--save-trajectory"], "other settings than"),
+    (["--limit", "3", "--seed", "1", "--save-trajectory"], "with different values"),
+])
+def test_merge_exact_refuses_what_is_not_a_reference(tmp_path, make, message):
+    small = tmp_path / "small.h5"
+    assert run("build", "--limit", "3", "--scales", "3,5", "--out", small).exit_code == 0
+    ref, other = tmp_path / "ref.h5", tmp_path / "other.h5"
+    assert run("sample", "--limit", "3", "-s", "3,5", "-n", "1", "--save-trajectory", "--out", ref).exit_code == 0
+    args = [a.format(small=small) for a in make]
+    if "--seed" in args:  # seed 1's sample stored as if it were seed 0's
+        assert run("sample", "-s", "3,5", "-n", "1", "--out", other, *args).exit_code == 0
+        with h5py.File(other, "r+") as h5:
+            del h5["seeds"]
+            h5["seeds"] = [0]
+    else:
+        assert run("sample", "-s", "3,5", "-n", "1", "--out", other, *args).exit_code == 0
+    res = run("merge", "exact", "--out", tmp_path / "m.h5", ref, other)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "m.h5").exists()

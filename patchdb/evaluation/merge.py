@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PatchdbError
-from ..store import atomic_write
+from ..store import ExactSamples, atomic_write, read_exact_part
 from .calibrate import Calibration, merge_calibrations, read_calibration, write_calibration
 from .compare import Comparison
 from .exactcheck import merge_compare_checks
@@ -160,3 +160,32 @@ def write_merged_validation(report: dict, path: Path) -> Path:
     with atomic_write(path) as tmp, open(tmp, "w") as fh:
         json.dump(report, fh, indent=2)
     return Path(path)
+
+
+def merge_exact_samples(paths: list[Path], out: Path) -> tuple[ExactSamples, list[str]]:
+    """Put exact samples from several files into one exact-samples file ``out`` (what ``patchdb validate
+    --exact-samples`` reads): exact-samples files, and sample files of the exact engine with their
+    trajectories (:func:`patchdb.store.read_exact_part`). Every part must hold samples for the same key
+    (dataset fingerprint, machine, schedule, dtype, device, shape). A (seed, label) held by two parts is
+    taken once when both hold the same arrays and refused otherwise. Returns the written file and notes."""
+    parts = [(Path(p), *read_exact_part(p)) for p in paths]
+    first, key, _ = parts[0]
+    merged: dict = {}
+    origin: dict = {}
+    notes = []
+    for path, other, entries in parts:
+        if other != key:
+            diff = sorted(k for k in other.keys() | key.keys() if other.get(k) != key.get(k))
+            raise PatchdbError(f"{path} holds exact samples for other settings than {first} ({', '.join(diff)} "
+                               "differ); merge samples of one dataset, machine, schedule, dtype and device only")
+        for k, (traj, sample, sec) in entries.items():
+            if k in merged:
+                if not (torch.equal(merged[k][0], traj) and torch.equal(merged[k][1], sample)):
+                    raise PatchdbError(f"seed {k[0]} (label {k[1]}) is in {origin[k]} and {path} with different values; "
+                                       "leave one of them out")
+                notes.append(f"seed {k[0]} (label {k[1]}) is in {origin[k]} and {path}: taken once")
+                continue
+            merged[k], origin[k] = (traj, sample, sec), path
+    cache = ExactSamples.holding(out, key, merged)
+    cache.save()
+    return cache, notes

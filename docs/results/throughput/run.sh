@@ -9,21 +9,9 @@ INDEX=indexes/fmnist-bbels.h5
 [ -f "$INDEX" ] || OMP_NUM_THREADS=2 patchdb build --dataset fashion-mnist --root "$DATA/fashion-mnist" \
     --machine bbels --scales fashion-mnist-resnet-zeros --memory 8GiB --out "$INDEX"
 # 2. The stored exact samples of docs/results/fm60k-validate, one file per kind (validate adds to it).
-python - "$OUT" <<'PY'
-import glob, sys, h5py
-from patchdb.store import ExactSamples, metadata
-out = sys.argv[1]
-for kind in ("uncond", "cond"):
-    files = sorted(glob.glob(f"docs/results/fm60k-validate/exact-{kind}-*.h5"))
-    with h5py.File(files[0], "r") as f:
-        key = metadata(f)
-    merged = ExactSamples(f"{out}/exact-{kind}20.h5", key)
-    for p in files:
-        merged.entries.update(ExactSamples(p, key).entries)
-    (seed, label), (traj, sample, sec) = next(iter(sorted(merged.entries.items())))
-    import torch
-    merged.store([seed], None if label < 0 else torch.tensor([label]), traj.unsqueeze(1), sample.unsqueeze(0), sec)
-PY
+for kind in uncond cond; do
+    patchdb merge exact --force --out "$OUT/exact-${kind}20.h5" docs/results/fm60k-validate/exact-$kind-*.h5
+done
 # --- N = 60,000 (the night section): list-major search (the default since), streamed loads -------------
 # Uses the index and the merged exact samples of the afternoon section's steps 1 and 2 (above). Accuracy,
 # ~9 min each with one thread (the conditional run was made before calls with few queries per list went
