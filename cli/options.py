@@ -84,7 +84,8 @@ def parse_ints(text: str | None, what: str, count: int | None = None) -> list[in
 
 def retrieval_options(recorded: bool = False):
     """--topk/--nprobe/--ef/--k-factor/--tail-correction/--scan-cap of the approximate engine, and
-    (unless ``recorded``) --reuse/--across/--refresh, its step-to-step coherence, and --sample-above.
+    (unless ``recorded``) --reuse/--across/--refresh, its step-to-step coherence, and --sample-above /
+    --sample-size.
 
     The command gets them gathered in one argument, so a new knob touches only this function and
     :class:`Retrieval`: ``retrieval``, the :class:`Retrieval` of the options given (unknown ones at its
@@ -139,6 +140,8 @@ def retrieval_options(recorded: bool = False):
             click.option("--sample-above", type=FiniteFloatRange(min=0), default=base.sample_above,
                          help="With --index: at steps whose time t is at least this (t = 1 is pure noise), skip "
                               "the index and estimate D from the uniform tail sample alone (0: off)."),
+            click.option("--sample-size", type=click.IntRange(min=0), default=base.sample_size,
+                         help="With --sample-above: the uniform sample's size at those steps (0: --tail-correction)."),
         ]
 
     names = [_param_name(opt) for opt in opts]

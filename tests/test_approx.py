@@ -503,6 +503,23 @@ def test_sample_above_skips_the_index_and_its_estimate_converges_to_exact(tmp_pa
         engines(tmp_path, ds, "bbels", (3, 5), tail_samples=0, sample_above=0.8)
 
 
+def test_sample_size_is_the_sample_of_sample_only_steps_only(tmp_path):
+    """--sample-size sets the uniform sample of the sample-only steps (a large one brings D to the exact
+    D there, where the small tail sample does not) and leaves every other step bit for bit as it was."""
+    ds = black_background_dataset(12, seed=5)
+    big, exact = engines(tmp_path, ds, "bbels", (3, 5), topk=4, dtype=torch.float64, tail_samples=4,
+                         sample_above=0.8, sample_size=40_000)
+    small, _ = engines(tmp_path, ds, "bbels", (3, 5), topk=4, dtype=torch.float64, tail_samples=4, sample_above=0.8)
+    x = torch.randn(2, 1, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 0.5 - 0.5
+    want = exact.denoise(x, 1.0, k=5)
+    assert (big.denoise(x, 1.0, k=5) - want).abs().max() < 0.02
+    assert (small.denoise(x, 1.0, k=5) - want).abs().max() > 0.02
+    assert torch.equal(big.denoise(x, 0.5, k=3), small.denoise(x, 0.5, k=3))
+    assert big.retrieval.sample_count(True) == 40_000 and big.retrieval.sample_count(False) == 4
+    with pytest.raises(PatchdbError, match="--sample-size is the sample of --sample-above steps"):
+        engines(tmp_path, ds, "bbels", (3, 5), sample_size=100)
+
+
 def test_sample_above_with_reuse_searches_the_first_step_below_it(tmp_path, monkeypatch):
     """A sample-only step carries no candidates: the next step of the same size searches as usual."""
     ds = random_dataset(20, 1, 8, 8, seed=14)

@@ -142,7 +142,7 @@ def test_a_run_from_before_a_new_retrieval_knob_resumes(tiny, tmp_path):
     out = tmp_path / "r"
     ok([*args, "--out", out])
     manifest = json.loads((out / "manifest.json").read_text())
-    del manifest["settings"]["retrieval"]["sample_above"]
+    del manifest["settings"]["retrieval"]["sample_above"], manifest["settings"]["retrieval"]["sample_size"]
     (out / "manifest.json").write_text(json.dumps(manifest))
     res = ok([*args, "--out", out])
     assert "2 shards already done" in res.output, res.output

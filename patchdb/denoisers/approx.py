@@ -228,11 +228,11 @@ class ApproxMachine:
         return out.view_as(x), (bounds or [torch.zeros(0)], tails)
 
     def _image_sample(self, k: int, lo: int, hi: int) -> torch.Tensor:
-        """``tail_correction`` images drawn uniformly (with replacement) from ``[lo, hi)``, seeded by the
+        """``sample_count(sample_only=True)`` images drawn uniformly (with replacement) from ``[lo, hi)``, seeded by the
         size and the range like the tail sample: the candidates of a sample-only step's exactly scanned
         families. Equal weights, so they cancel in the weighted average."""
         gen = torch.Generator().manual_seed(hash((self.retrieval.tail_seed, -1, k, lo, hi)) % 2**31)
-        return torch.randint(lo, hi, (self.tail,), generator=gen)
+        return torch.randint(lo, hi, (self.retrieval.sample_count(sample_only=True),), generator=gen)
 
     def _exact_same_position(self, x: torch.Tensor, pos: torch.Tensor, k: int, a: float, b: float,
                              lo: int, hi: int, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -313,10 +313,10 @@ class ApproxMachine:
                                           lambda found: self.source.windows32(found, cand_pos, key[0]))
         n_total = id_hi - id_lo
         blank = self._blank(key, lo, hi, cand_pos, per_image, load=not sample_only)
-        sample = self.retrieval.tail_sample(key, id_lo, id_hi)
+        sample = self.retrieval.tail_sample(key, id_lo, id_hi, sample_only)
         tail = None if sample is None else self._tail_terms(sample, cand_pos, key[0], blank)
         vals, bounds, tails, best = [], [], [], []
-        step = max(1, RERANK_ELEMENTS // max(1, (ids.shape[1] or self.tail) * q.shape[1]))  # sample-only: its logits
+        step = max(1, RERANK_ELEMENTS // max(1, (ids.shape[1] or len(sample)) * q.shape[1]))  # sample-only: its logits
         for s in range(0, q.shape[0], step):
             v, bd, tl, bs = self._rerank(q[s : s + step], ids[s : s + step], cand_pos, per_image, key[0], a, b,
                                          n_total, tail, blank)

@@ -78,6 +78,9 @@ class Retrieval:
         counted exactly). At high noise the weights are nearly flat and the retrieved top-K hold a few
         percent of the mass at most, so the sample carries D anyway (docs/math.md "Approximate mode").
         Needs ``tail_correction``; 0: off.
+    sample_size : the uniform sample's size at those sample-only steps (0: ``tail_correction``). There it
+        carries all of D, and it is one dense product per sub-index (no index, no gathers), so a larger
+        sample there costs little beside a search step.
     list_scan : search IVF scalar-quantizer indexes list by list (:mod:`patchdb.indexing.batch_search`):
         each probed list decoded once for all the queries of a call that probe it, distances one dense
         product; the same candidates as FAISS's query-by-query search up to float rounding, the nearest
@@ -101,6 +104,7 @@ class Retrieval:
     across: bool = False
     refresh: float = 0.0
     sample_above: float = 0.0
+    sample_size: int = 0
     list_scan: bool = True
     exact_scan: int = DEFAULT_EXACT_SCAN
 
@@ -110,7 +114,7 @@ class Retrieval:
         for name in ("scan_cap", "refresh", "sample_above"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(self, name)}")
-        for name in ("nprobe", "ef", "k_factor", "tail_correction", "reuse", "exact_scan"):
+        for name in ("nprobe", "ef", "k_factor", "tail_correction", "reuse", "exact_scan", "sample_size"):
             if int(getattr(self, name)) < 0:
                 raise PatchdbError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         for f in fields(self):  # normalise types so that equal settings compare and record equal
@@ -121,6 +125,9 @@ class Retrieval:
         if self.sample_above and not self.tail_correction:
             raise PatchdbError("--sample-above needs the uniform sample that replaces the index at those steps: "
                                "give --tail-correction > 0 (default 1024) or leave --sample-above at 0")
+        if self.sample_size and not self.sample_above:
+            raise PatchdbError("--sample-size is the sample of --sample-above steps: give --sample-above T "
+                               "(e.g. 0.9) or leave --sample-size at 0")
 
     def sample_only(self, t: float) -> bool:
         """Whether a step at time ``t`` skips the index (``sample_above``)."""
@@ -171,13 +178,21 @@ class Retrieval:
         cap = self.scan_cap * scan if self.scan_cap else scan if scan < 1 else 0.0
         return search_ids(index, queries, want, self.nprobe, self.ef, id_range, cap, self.list_scan, vectors)
 
-    def tail_sample(self, key: tuple[int, int, int], id_lo: int, id_hi: int) -> torch.Tensor | None:
-        """The uniform tail sample (m,) of ids ``[id_lo, id_hi)`` of sub-index ``key``; None when off.
-        Seeded by the sub-index and the range, so every call on the same range draws the same ids."""
-        if not self.tail_correction:
+    def sample_count(self, sample_only: bool = False) -> int:
+        """m, the uniform sample's size: :attr:`sample_size` at a sample-only step when set, else
+        :attr:`tail_correction` (0: no sample)."""
+        return (self.sample_size or self.tail_correction) if sample_only else self.tail_correction
+
+    def tail_sample(self, key: tuple[int, int, int], id_lo: int, id_hi: int,
+                    sample_only: bool = False) -> torch.Tensor | None:
+        """The uniform tail sample (m,) of ids ``[id_lo, id_hi)`` of sub-index ``key`` (m:
+        :meth:`sample_count`); None when off. Seeded by the sub-index and the range, so every call on the
+        same range draws the same ids."""
+        m = self.sample_count(sample_only)
+        if not m:
             return None
         gen = torch.Generator().manual_seed(hash((self.tail_seed, *key, id_lo)) % 2**31)
-        return torch.randint(id_lo, id_hi, (self.tail_correction,), generator=gen)
+        return torch.randint(id_lo, id_hi, (m,), generator=gen)
 
 
 def list_scanner(index, rows: int, nprobe: int = 0):
