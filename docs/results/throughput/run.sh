@@ -12,6 +12,28 @@ INDEX=indexes/fmnist-bbels.h5
 for kind in uncond cond; do
     patchdb merge exact --force --out "$OUT/exact-${kind}20.h5" docs/results/fm60k-validate/exact-$kind-*.h5
 done
+# --- N = 60,000 (2026-12-07): a larger sample at more sample-only steps (--sample-size) ------------------
+# Accuracy: two one-thread runs side by side, ~7-9 min each (the index rebuilt with step 1 that day).
+dec7() {  # NAME KIND FLAGS...
+    local name=$1 kind=$2; shift 2
+    local lab=""; [ "$kind" = cond ] && lab="--label all"
+    cp "$OUT/exact-${kind}20.h5" "$OUT/ex-$kind-$name.h5"
+    OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate indexes/fmnist-bbels.h5 -s fashion-mnist-resnet-zeros \
+        --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --reuse 4 --force $lab "$@" \
+        --exact-samples "$OUT/ex-$kind-$name.h5" --json-out "$OUT/validate-r4-$name-$kind.json"
+}
+dec7 sa065-ss4096 uncond --sample-above 0.65 --sample-size 4096 & dec7 sa065-ss4096 cond --sample-above 0.65 --sample-size 4096 & wait
+dec7 sa05-ss8192 uncond --sample-above 0.5 --sample-size 8192 & dec7 sa05-ss8192 cond --sample-above 0.5 --sample-size 8192 & wait
+# Throughput, one worker per setting, both in one run side by side (batch 64, 64 samples, ~20 min).
+# (Both with today's code: without --sample-size the --sample-above 0.9 row runs the code path it ran before.)
+T="env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index indexes/fmnist-bbels.h5 --num 64 --workers 1 --batch 64"
+$T --extra "--scan-cap 0.5 --reuse 4 --sample-above 0.9" --out "$OUT/scale-w1-b64-dec7-sa09.json" &
+$T --extra "--scan-cap 0.5 --reuse 4 --sample-above 0.65 --sample-size 4096" --out "$OUT/scale-w1-b64-dec7-sa065-ss4096.json" &
+wait
+# Two workers of the new setting (the configuration; 18 min).
+env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index indexes/fmnist-bbels.h5 \
+    --num 128 --workers 2 --batch 64 --extra "--scan-cap 0.5 --reuse 4 --sample-above 0.65 --sample-size 4096" \
+    --out "$OUT/scale-w2-b64-dec7-sa065-ss4096.json"
 # --- N = 60,000 (the night section): list-major search (the default since), streamed loads -------------
 # Uses the index and the merged exact samples of the afternoon section's steps 1 and 2 (above). Accuracy,
 # ~9 min each with one thread (the conditional run was made before calls with few queries per list went
