@@ -12,7 +12,7 @@ from patchdb.evaluation.validate import validate_engines
 from patchdb.generate import sample_labels
 from patchdb.indexing.reader import open_index
 from patchdb.spec import Machine
-from patchdb.store import ExactSamples, atomic_write, claim_output
+from patchdb.store import ExactSamples, atomic_write, claim_output, exact_key
 
 from .options import (
     DTYPES,
@@ -55,9 +55,8 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, retriev
         approx = make_denoiser(machine, sched, index=f, retrieval=retrieval, dtype=DTYPES[dtype])
         dev = resolve_device(device)
         exact = make_denoiser(machine, sched, index=f, exact=True, dtype=DTYPES[dtype], device=dev)
-        cache = None if exact_samples is None else ExactSamples(exact_samples, {
-            "fingerprint": f.fingerprint, "machine": Machine.parse(machine).value, "schedule": list(sched.sizes),
-            "dtype": dtype, "device": str(dev), "shape": [f.channels, f.height, f.width]})
+        cache = None if exact_samples is None else ExactSamples(exact_samples, exact_key(
+            f.fingerprint, Machine.parse(machine).value, sched.sizes, dtype, str(dev), (f.channels, f.height, f.width)))
         seeds = list(range(seed, seed + num_seeds))
         labels = sample_labels(num_seeds, label, len(f.meta["classes"]), seed)
         report = validate_engines(exact, approx, seeds, (f.channels, f.height, f.width), sched.steps, labels,

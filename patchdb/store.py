@@ -328,6 +328,20 @@ EXACT_CACHE_FORMAT = "patchdb-exact-samples"
 EXACT_CACHE_VERSION = 1
 
 
+def exact_key(fingerprint: str, machine: str, schedule, dtype: str, device: str, shape) -> dict:
+    """The settings exact samples are valid for (an :class:`ExactSamples` file's key), as it reads back
+    from the file's JSON metadata: the dataset's fingerprint, machine, schedule (sizes per step),
+    compute dtype and device, image shape."""
+    key = {"fingerprint": fingerprint, "machine": machine, "schedule": [int(k) for k in schedule], "dtype": dtype,
+           "device": device, "shape": [int(v) for v in shape]}
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    """The names whose values differ between two settings dicts (absent counts as None), sorted."""
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 class ExactSamples:
     """Exact-engine samples kept between ``patchdb validate`` runs, so that each seed's exact sample (the
     expensive half: ~20 min per unconditional sample at N = 60,000 on one core) is computed once and
@@ -351,26 +365,27 @@ class ExactSamples:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ExactSamples:
-        """An existing file with the key it records (no key to check it against)."""
-        path = Path(path)
-        with open_checked(path, EXACT_CACHE_FORMAT, EXACT_CACHE_VERSION) as f:
-            key = metadata(f)
-        return cls(path, key)
+        """An existing file, read only (its folder need not be writable), with the key it records."""
+        out = cls.holding(path, None, {})
+        out._load()
+        return out
 
     @classmethod
-    def holding(cls, path: str | os.PathLike, key: dict, entries: dict) -> ExactSamples:
-        """A file to be written at ``path`` (:meth:`save`) with ``entries`` for ``key``, whatever is there now."""
+    def holding(cls, path: str | os.PathLike, key: dict | None, entries: dict) -> ExactSamples:
+        """``entries`` for ``key`` at ``path``, neither read from it nor yet written (:meth:`save`)."""
         out = cls.__new__(cls)
-        out.path, out.key, out.entries = check_writable(path), key, dict(entries)
+        out.path, out.key, out.entries = Path(path), key, dict(entries)
         return out
 
     def _load(self) -> None:
+        """Read the file's samples; its key must be :attr:`key` (None: take the file's)."""
         with open_checked(self.path, EXACT_CACHE_FORMAT, EXACT_CACHE_VERSION) as f:
             found = metadata(f)
+            if self.key is None:
+                self.key = found
             if found != self.key:
-                diff = sorted(k for k in found.keys() | self.key.keys() if found.get(k) != self.key.get(k))
-                raise PatchdbError(f"{self.path} holds exact samples for other settings ({', '.join(diff)} differ); "
-                                   "pass another --exact-samples path")
+                raise PatchdbError(f"{self.path} holds exact samples for other settings "
+                                   f"({', '.join(differing_keys(found, self.key))} differ); pass another --exact-samples path")
             traj = torch.from_numpy(f["trajectory"][()])
             samples = torch.from_numpy(f["samples"][()])
             for j, (seed, label, sec) in enumerate(zip(f["seeds"][()], f["labels"][()], f["seconds"][()])):
@@ -439,9 +454,8 @@ def read_exact_part(path: str | os.PathLike) -> tuple[dict, dict]:
         raise PatchdbError(f"{path}: its trajectory has {data['trajectory'].shape[0]} steps and its schedule "
                            f"{len(schedule)}; sample again with --steps equal to the schedule's length")
     samples = torch.from_numpy(data["samples"])
-    key = json.loads(json.dumps({"fingerprint": meta.get("fingerprint"), "machine": meta.get("machine"),
-                                 "schedule": schedule, "dtype": meta.get("dtype"), "device": meta.get("device"),
-                                 "shape": list(samples.shape[1:])}, sort_keys=True))
+    key = exact_key(meta.get("fingerprint"), meta.get("machine"), schedule, meta.get("dtype"), meta.get("device"),
+                    samples.shape[1:])
     traj = torch.from_numpy(data["trajectory"])
     seconds = float(meta.get("seconds", 0.0)) / max(1, len(samples))
     entries = {(int(s), int(lab)): (traj[:, j], samples[j], seconds)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PatchdbError
-from ..store import ExactSamples, atomic_write, read_exact_part
+from ..store import ExactSamples, atomic_write, check_writable, differing_keys, read_exact_part
 from .calibrate import Calibration, merge_calibrations, read_calibration, write_calibration
 from .compare import Comparison
 from .exactcheck import merge_compare_checks
@@ -175,9 +175,9 @@ def merge_exact_samples(paths: list[Path], out: Path) -> tuple[ExactSamples, lis
     notes = []
     for path, other, entries in parts:
         if other != key:
-            diff = sorted(k for k in other.keys() | key.keys() if other.get(k) != key.get(k))
-            raise PatchdbError(f"{path} holds exact samples for other settings than {first} ({', '.join(diff)} "
-                               "differ); merge samples of one dataset, machine, schedule, dtype and device only")
+            raise PatchdbError(f"{path} holds exact samples for other settings than {first} "
+                               f"({', '.join(differing_keys(other, key))} differ); merge samples of one dataset, "
+                               "machine, schedule, dtype and device only")
         for k, (traj, sample, sec) in entries.items():
             if k in merged:
                 if not (torch.equal(merged[k][0], traj) and torch.equal(merged[k][1], sample)):
@@ -186,6 +186,6 @@ def merge_exact_samples(paths: list[Path], out: Path) -> tuple[ExactSamples, lis
                 notes.append(f"seed {k[0]} (label {k[1]}) is in {origin[k]} and {path}: taken once")
                 continue
             merged[k], origin[k] = (traj, sample, sec), path
-    cache = ExactSamples.holding(out, key, merged)
+    cache = ExactSamples.holding(check_writable(out), key, merged)
     cache.save()
     return cache, notes
