@@ -14,7 +14,7 @@ for kind in uncond cond; do
 done
 # --- N = 60,000 (2026-12-07): a larger sample at more sample-only steps (--sample-size) ------------------
 # Accuracy: two one-thread runs side by side, ~7-9 min each (the index rebuilt with step 1 that day).
-dec7() {  # NAME KIND FLAGS...
+r4() {  # NAME KIND FLAGS...: validate --reuse 4 against the stored exact samples -> validate-r4-NAME-KIND.json
     local name=$1 kind=$2; shift 2
     local lab=""; [ "$kind" = cond ] && lab="--label all"
     cp "$OUT/exact-${kind}20.h5" "$OUT/ex-$kind-$name.h5"
@@ -22,8 +22,8 @@ dec7() {  # NAME KIND FLAGS...
         --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --reuse 4 --force $lab "$@" \
         --exact-samples "$OUT/ex-$kind-$name.h5" --json-out "$OUT/validate-r4-$name-$kind.json"
 }
-dec7 sa065-ss4096 uncond --sample-above 0.65 --sample-size 4096 & dec7 sa065-ss4096 cond --sample-above 0.65 --sample-size 4096 & wait
-dec7 sa05-ss8192 uncond --sample-above 0.5 --sample-size 8192 & dec7 sa05-ss8192 cond --sample-above 0.5 --sample-size 8192 & wait
+r4 sa065-ss4096 uncond --sample-above 0.65 --sample-size 4096 & r4 sa065-ss4096 cond --sample-above 0.65 --sample-size 4096 & wait
+r4 sa05-ss8192 uncond --sample-above 0.5 --sample-size 8192 & r4 sa05-ss8192 cond --sample-above 0.5 --sample-size 8192 & wait
 # Throughput, one worker per setting, both in one run side by side (batch 64, 64 samples, ~20 min).
 # (Both with today's code: without --sample-size the --sample-above 0.9 row runs the code path it ran before.)
 T="env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index indexes/fmnist-bbels.h5 --num 64 --workers 1 --batch 64"
@@ -38,16 +38,8 @@ env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measu
 # Uses the index and the merged exact samples of the afternoon section's steps 1 and 2 (above). Accuracy,
 # ~9 min each with one thread (the conditional run was made before calls with few queries per list went
 # back to FAISS's search; see README). The older sections below pass --query-scan: they were FAISS's.
-night() {  # NAME KIND FLAGS...
-    local name=$1 kind=$2; shift 2
-    local lab=""; [ "$kind" = cond ] && lab="--label all"
-    cp "$OUT/exact-${kind}20.h5" "$OUT/ex-$kind-$name.h5"
-    OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate indexes/fmnist-bbels.h5 -s fashion-mnist-resnet-zeros \
-        --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --force --reuse 4 --sample-above 0.9 $lab "$@" \
-        --exact-samples "$OUT/ex-$kind-$name.h5" --json-out "$OUT/validate-r4-sa09-$name-$kind.json"
-}
-night listscan uncond --exact-scan 0 & night listscan cond --exact-scan 81 & wait
-night exact81 uncond --exact-scan 81
+r4 sa09-listscan uncond --sample-above 0.9 --exact-scan 0 & r4 sa09-listscan cond --sample-above 0.9 --exact-scan 81 & wait
+r4 sa09-exact81 uncond --sample-above 0.9 --exact-scan 81
 # One k = 5 search step both ways (FAISS by query, by list) and a profile of one batch of 16 (5 min):
 python benchmarks/list_scan.py indexes/fmnist-bbels.h5 "$OUT/exact-uncond20.h5" --step 16 --queries 4096
 python benchmarks/list_scan.py indexes/fmnist-bbels.h5 "$OUT/exact-uncond20.h5" --step 16 --queries 16384
