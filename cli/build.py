@@ -33,6 +33,9 @@ def default_out(dataset: str, machine: Machine) -> Path:
 @click.option("--scales", "-s", default="fashion-mnist-resnet-zeros",
               help="Patch sizes: a schedule preset, a .json/.txt schedule file or a comma list (all distinct sizes are "
                    "built). A preset or file is also recorded as the schedule 'sample --index' uses by default.")
+@click.option("--sample-above", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Index only the sizes of the steps at t < this (a schedule preset or file in --scales): the others are "
+                   "sampled with 'sample --sample-above' this or lower and need no index (e.g. 0.65).")
 @click.option("--index-key", default="auto", help="A faiss index_factory string for every size, or auto (from size and --memory).")
 @click.option("--memory", default="8GiB", help="Memory budget of one index (per patch-size family).")
 @click.option("--recall-k", type=click.IntRange(min=1), default=64, help="K of the recall@K the search defaults are tuned for.")
@@ -42,15 +45,15 @@ def default_out(dataset: str, machine: Machine) -> Path:
 @click.option("--add", is_flag=True, help="Add missing patch sizes to an existing file (same dataset and machine).")
 @click.option("--force", is_flag=True, help="Rebuild over an existing file (and create a missing --out folder).")
 @click.pass_context
-def command(ctx, dataset, root, split, download, limit, only_classes, policy, machine, scales, index_key, memory,
-            recall_k, threads, seed, out, add, force):
+def command(ctx, dataset, root, split, download, limit, only_classes, policy, machine, scales, sample_above, index_key,
+            memory, recall_k, threads, seed, out, add, force):
     """Build the patch index file of a dataset for a machine and a set of patch sizes."""
     machine = Machine.parse(machine)
     if machine not in (Machine.ELS, Machine.BBELS):
         raise PatchdbError(f"--machine {machine.value}: build indexes the els or bbels candidate families; "
                            f"{machine.value} needs no index (patchdb sample --machine {machine.value} scans exactly)")
     sched = parse_schedule_option(scales, what="--scales")
-    sizes = sched.distinct()
+    sizes = _sizes(scales, sched, sample_above)
     parse_memory(memory)
     out = Path(out) if out else default_out(dataset, machine)
     if out.exists() and not (add or force):
@@ -63,13 +66,28 @@ def command(ctx, dataset, root, split, download, limit, only_classes, policy, ma
     set_threads(threads)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     schedule = _recorded_schedule(scales, sched, out if add else None)
-    config = BuildConfig(machine.value, sizes, index_key, parse_memory(memory), recall_k, seed=seed, **schedule)
+    config = BuildConfig(machine.value, sizes, index_key, parse_memory(memory), recall_k, seed=seed,
+                         sample_above=sample_above or 0.0, **schedule)
     click.echo(f"building {machine.value} indexes of {len(data):,} images of {data.name} for sizes {list(sizes)} -> {out}", err=True)
     start = time.perf_counter()
     build_index_file(data, out, config, progress=True, overwrite=force, add=add)
     with IndexFile(out) as f:
         size = out.stat().st_size
         click.echo(f"wrote {out} ({size / 2**20:.1f} MiB, sizes {list(f.sizes)}) in {time.perf_counter() - start:.1f} s")
+
+
+def _sizes(text: str, sched, sample_above: float | None) -> tuple[int, ...]:
+    """The sizes to build: every distinct size of --scales, or with --sample-above those of its searched steps."""
+    if sample_above is None:
+        return sched.distinct()
+    if re.fullmatch(r"[\d,\s]*", text):
+        raise PatchdbError(f"--sample-above needs the steps of a schedule: give --scales a preset or a schedule file, "
+                           f"not the list of sizes {text!r}")
+    sizes = sched.searched(sample_above)
+    if not sizes:
+        raise PatchdbError(f"--sample-above {sample_above:g} leaves no step that searches an index (the first step is at "
+                           f"t = {1 / sched.steps:g}); give a larger value or leave it out")
+    return sizes
 
 
 def _recorded_schedule(text: str, sched, existing: Path | None) -> dict:

@@ -63,6 +63,13 @@ def command(file, as_json, check):
     click.echo(f"dataset {meta['dataset']}: {meta['count']:,} images {c}x{h}x{w}, policy {meta['policy']}, "
                f"{len(meta['classes'])} classes, fingerprint {meta['fingerprint'][:16]}")
     click.echo(f"machine {meta['machine']}, patch sizes {meta['sizes']}; id rule: {meta['id_rule']}")
+    build = meta.get("build") or {}
+    if build.get("schedule"):
+        unindexed = sorted(set(build["schedule"]) - set(meta["sizes"]))
+        click.echo(f"schedule {build.get('schedule_name') or 'recorded'}: {build['schedule']}" + (
+            f"; sizes {unindexed} have no index (built with --sample-above {build['sample_above']:g}: sample with "
+            f"--sample-above {build['sample_above']:g} or lower)" if unindexed and build.get("sample_above") else
+            f"; sizes {unindexed} have no index (add them with build --add)" if unindexed else ""))
     click.echo(f"libraries: {', '.join(f'{k} {v}' for k, v in meta['libraries'].items())}")
     click.echo(_faiss_simd())
     click.echo(f"{'k':>3} {'family':9} {'subidx':>6} {'vectors':>13} {'index':28} {'train':>7} {'nprobe':>6} {'kf':>3} "

@@ -39,6 +39,12 @@ def check_patch_size(k: int) -> int:
     return int(k)
 
 
+def sample_only(t: float, sample_above: float) -> bool:
+    """Whether the step at time ``t`` estimates D from a uniform sample alone, searching no index
+    (``Retrieval.sample_above``; 0: never). ``t = i / S`` in float, hence the tolerance."""
+    return bool(sample_above) and t >= sample_above - 1e-9
+
+
 @dataclass(frozen=True)
 class ScaleSchedule:
     """One odd patch size per sampler step; ``sizes[i-1]`` is used at step i, time i/S (docs/math.md)."""
@@ -69,6 +75,11 @@ class ScaleSchedule:
 
     def distinct(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.sizes)))
+
+    def searched(self, sample_above: float = 0.0) -> tuple[int, ...]:
+        """Distinct sizes of the steps that search an index when the steps at ``t >= sample_above`` are
+        sample-only (:func:`sample_only`; 0: every step searches): the sizes an index file must hold."""
+        return tuple(sorted({k for i, k in enumerate(self.sizes, 1) if not sample_only(i / self.steps, sample_above)}))
 
     def check_steps(self, steps: int) -> ScaleSchedule:
         if steps != self.steps:

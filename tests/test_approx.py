@@ -534,3 +534,39 @@ def test_sample_above_with_reuse_searches_the_first_step_below_it(tmp_path, monk
         on.denoise(x, t, k=5)
         searched.append(len(calls) > before)
     assert searched == [False, False, True, False]
+
+
+def test_file_without_the_sizes_of_sample_only_steps_samples_bit_for_bit_as_the_whole_file(tmp_path):
+    """``build --sample-above T`` leaves out the sizes used only at steps t >= T. Sampled with
+    ``--sample-above T`` (or lower) such a file gives the same bits as the file with every size at every
+    step (those steps never read an index; their blank windows are found from the images, as an IVF
+    sub-index's are); sampled otherwise it is refused in one line that names the setting."""
+    from patchdb.schedule import ScaleSchedule
+
+    ds = black_background_dataset(16, seed=8)
+    sched = ScaleSchedule((3, 3, 5, 5), "four")  # t = 0.25, 0.5 at k = 3; t = 0.75, 1 at k = 5
+    assert sched.searched(0.75) == (3,) and sched.searched(0.5) == (3,) and sched.searched(0) == (3, 5)
+    whole, part = tmp_path / "whole.h5", tmp_path / "part.h5"
+    build_index_file(ds, whole, BuildConfig("bbels", (3, 5), index_key="IVF4,Flat"), progress=False)
+    build_index_file(ds, part, BuildConfig("bbels", sched.searched(0.75), index_key="IVF4,Flat",
+                                           schedule=sched.sizes, schedule_name=sched.name, sample_above=0.75),
+                     progress=False)
+    with IndexFile(part) as f:
+        assert f.sizes == (3,) and f.recorded_schedule().sizes == sched.sizes
+    for above in (0.75, 0.5):
+        a = make_denoiser("bbels", sched, index=IndexFile(whole), topk=6, dtype=torch.float64, sample_above=above,
+                          sample_size=64, reuse=2, nprobe=2, k_factor=2)
+        b = make_denoiser("bbels", sched, index=IndexFile(part), topk=6, dtype=torch.float64, sample_above=above,
+                          sample_size=64, reuse=2, nprobe=2, k_factor=2)
+        g = torch.Generator().manual_seed(9)  # (search knobs pinned: the tuner's defaults depend on timings)
+        x = torch.randn(3, 1, 10, 10, dtype=torch.float64, generator=g)
+        for step in range(4, 0, -1):
+            t = step / 4
+            da, db = a(x, t, labels=torch.tensor([0, 1, 1])), b(x, t, labels=torch.tensor([0, 1, 1]))
+            assert torch.equal(da, db), (above, t)
+            x = 0.9 * da + 0.3 * torch.randn(x.shape, dtype=torch.float64, generator=g)
+        assert b.file.loads and all(k == 3 for k in b.file.loaded_sizes())
+    for above in (0.0, 1.0):  # k = 5 would be searched at t = 0.75 or at every step
+        with pytest.raises(PatchdbError, match=r"no index for patch sizes \[5\].*built with --sample-above 0.75: "
+                                               r"sample with --sample-above 0.75"):
+            make_denoiser("bbels", sched, index=IndexFile(part), sample_above=above)

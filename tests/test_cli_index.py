@@ -76,6 +76,31 @@ def test_bad_inputs_one_line_exit_2(tmp_path, built, args, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output
 
 
+def test_build_sample_above_leaves_out_sizes_of_sample_only_steps(tmp_path):
+    """build --sample-above indexes only the sizes of the steps below it; sample runs with that setting (or a
+    lower one) and refuses others in one line naming it; --add completes the file."""
+    sched, out = tmp_path / "four.json", tmp_path / "part.h5"
+    sched.write_text(json.dumps({"name": "four", "sizes": [3, 3, 5, 5]}))
+    res = run("build", "--limit", "12", "--scales", sched, "--sample-above", "0.75", "--recall-k", "8", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert json.loads(run("info", out, "--json").output)["metadata"]["sizes"] == [3]
+    assert "sizes [5] have no index (built with --sample-above 0.75" in run("info", out).output
+    res = run("sample", "--index", out, "-n", "2", "-b", "2", "--sample-above", "0.75", "--sample-size", "64",
+              "-o", tmp_path / "s.h5")
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "s.h5") as h5:
+        meta = json.loads(h5.attrs["metadata"])
+        assert h5["samples"].shape == (2, 1, 32, 32) and [r["k"] for r in meta["step_reports"]] == [5, 5, 3, 3]
+    res = run("sample", "--index", out, "-n", "1", "-o", tmp_path / "t.h5")
+    assert res.exit_code == 2 and "sample with --sample-above 0.75 (or lower)" in res.output, res.output
+    res = run("build", "--limit", "12", "--scales", "3,5", "--sample-above", "0.5", "--out", tmp_path / "x.h5")
+    assert res.exit_code == 2 and "needs the steps of a schedule" in res.output
+    res = run("build", "--limit", "12", "--scales", sched, "--sample-above", "0.1", "--out", tmp_path / "x.h5")
+    assert res.exit_code == 2 and "leaves no step that searches" in res.output
+    assert run("build", "--limit", "12", "--scales", "5", "--add", "--recall-k", "8", "--out", out).exit_code == 0
+    assert run("sample", "--index", out, "-n", "1", "-o", tmp_path / "t.h5").exit_code == 0
+
+
 def test_add_names_the_command_and_works(tmp_path, built):
     res = run("validate", built, "-s", "3,5,7", "--seeds", "1")
     assert res.exit_code == 2 and "--scales 7 --add" in res.output

@@ -84,13 +84,14 @@ class ApproxMachine:
         self.file = index
         self.machine = Machine.parse(machine)
         self.schedule = parse_schedule(schedule) if schedule is not None else None
-        sizes = self.schedule.distinct() if self.schedule is not None else index.sizes
+        # The sizes of sample-only steps (Retrieval.sample_above) need no index (build --sample-above).
+        sizes = self.schedule.searched(self.retrieval.sample_above) if self.schedule is not None else index.sizes
         index.check(self.machine, sizes)
         self.dtype = dtype
         self.labels = index.labels()
         # Re-rank logits are computed in float64 whatever the dtype (see _denoise): the file's source is
         # float64 so gathered windows need no conversion (twice the memory of the images in float32).
-        self.source = index.source()
+        self.source = index.source(max(self.schedule.sizes) if self.schedule is not None else 0)
         self.n_images = self.source.n
         self.reports: list[StepReport] = []
         self._same_pos_cache: dict = {}  # key -> (norms, centres) of _same_position_terms
@@ -120,8 +121,10 @@ class ApproxMachine:
         t = check_time(t)
         check_tensor(x, "x")
         check_patch_size(check_size(self.machine.value, k))
-        if k not in self.file.sizes:
+        if k not in self.file.sizes and not self.retrieval.sample_only(t):
             self.file.check(self.machine, [k])
+        if k // 2 > self.source.pad:  # a sample-only size the file and the schedule do not hold
+            self.source = self.file.source(k)
         check_shape(x, (self.source.channels, self.source.height, self.source.width), "the index file")
         start = time.perf_counter()
         ranges = self._ranges(labels, x.shape[0])
@@ -139,12 +142,14 @@ class ApproxMachine:
         (a one-time deserialization: seconds for the ~2-3 GB of one size at N = 60,000), and the
         x-independent terms of its exactly scanned families (corners) when they fit in the cache."""
         check_patch_size(k)
-        self.file.check(self.machine, [k])
+        if k not in self.file.sizes and not (self.schedule is not None and k not in self.schedule.searched(
+                self.retrieval.sample_above)):
+            self.file.check(self.machine, [k])
         src = self.source
         geom = geometry(self.machine, k, src.height, src.width)
         for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.indexed and entry.family not in EXACT_FAMILIES:
-                for g in range(grp.query_pos.shape[0]):
+                for g in range(grp.query_pos.shape[0] if k in self.file.sizes else 0):
                     self.file.index(k, i, g)
             else:  # the x-independent terms of the exact scan, kept when they fit
                 pos = grp.query_pos.view(-1)

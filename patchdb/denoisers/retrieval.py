@@ -17,6 +17,7 @@ import torch
 from ..errors import PatchdbError
 from ..indexing import faiss_ops as fx
 from ..indexing.batch_search import cached_scanner
+from ..schedule import sample_only
 
 #: Candidates kept per query window.
 DEFAULT_TOPK = 64
@@ -131,7 +132,7 @@ class Retrieval:
 
     def sample_only(self, t: float) -> bool:
         """Whether a step at time ``t`` skips the index (``sample_above``)."""
-        return bool(self.sample_above) and t >= self.sample_above - 1e-9  # t = i / S in float
+        return sample_only(t, self.sample_above)
 
     def with_options(self, **options) -> Retrieval:
         """A copy with some knobs changed (None leaves a knob as it is)."""

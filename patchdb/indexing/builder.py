@@ -69,6 +69,9 @@ class BuildConfig:
     #: the scale schedule ``sample --index`` uses when given none (recorded when --scales names one)
     schedule: tuple[int, ...] = ()
     schedule_name: str = ""
+    #: T > 0: the sizes used only at steps t >= T were left out (``build --sample-above``): those steps
+    #: search no index when sampled with ``--sample-above`` T or lower (recorded for the error that says so)
+    sample_above: float = 0.0
 
     def key(self) -> dict:
         return {"machine": self.machine, "index_key": self.index_key, "recall_k": self.recall_k,

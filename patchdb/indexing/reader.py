@@ -27,10 +27,14 @@ from .format import (
     METADATA_SHA_ATTR,
     VERIFY_ON_OPEN_BYTES,
     Entry,
+    entries_for,
 )
 from .windows import Blanks, PatchSource, find_blanks, lit_integral, take_out_blanks
 
 log = logging.getLogger(__name__)
+
+#: Info key of the entries of a size the file has no index for (:meth:`IndexFile.entries`).
+UNINDEXED = "unindexed"
 
 #: Datasets the CLI knows by name (their files live in --root).
 NAMED_DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -233,7 +237,12 @@ class IndexFile:
         return torch.from_numpy(self.h5["labels"][()]).long()
 
     def entries(self, k: int) -> list[Entry]:
-        """The stored entries of size ``k`` (read once; callers must not modify them)."""
+        """The stored entries of size ``k`` (read once; callers must not modify them). A size the file has no
+        index for (``build --sample-above``) gets the machine's families with no index, as a sample-only step
+        uses them: candidate positions, and blank windows found from the images (:meth:`blanks`)."""
+        if k not in self._entries and k not in self.sizes:
+            self._entries[k] = [Entry(e.family, e.cand_pos, e.indexed, {UNINDEXED: True})
+                                for e in entries_for(self.machine, k, self.height, self.width)]
         if k not in self._entries:
             grp = self.h5[f"sizes/k{k}"]
             out = []
@@ -258,11 +267,13 @@ class IndexFile:
             found.append(match[0])
         return found
 
-    def source(self) -> PatchSource:
-        """The stored images as a float64 :class:`PatchSource` padded for the largest size, made once and
-        shared by everything reading windows through this file (the approximate engine, attribution)."""
-        if self._source is None:
-            self._source = PatchSource(self.images(), max(self.sizes) // 2, torch.float64)
+    def source(self, largest: int = 0) -> PatchSource:
+        """The stored images as a float64 :class:`PatchSource` padded for the largest size (of the file's, of
+        its recorded schedule's and ``largest``), made once and shared by everything reading windows through
+        this file (the approximate engine, attribution)."""
+        pad = max(*self.sizes, *((self.meta.get("build") or {}).get("schedule") or ()), largest) // 2
+        if self._source is None or self._source.pad < pad:
+            self._source = PatchSource(self.images(), pad, torch.float64)
         return self._source
 
     def index(self, k: int, i: int, g: int):
@@ -294,7 +305,9 @@ class IndexFile:
             self.index(k, i, g)
             return self._blanks_found.get(key)  # None for a Flat sub-index: nothing taken out
         if key not in self._blanks_found:
-            ivf = "IVF" in self.entries(k)[i].info.get("plan", {}).get("key", "")
+            info = self.entries(k)[i].info
+            # a size with no index is estimated as an IVF one is: blank windows counted apart, exactly
+            ivf = info.get(UNINDEXED) or "IVF" in info.get("plan", {}).get("key", "")
             self._blanks_found[key] = find_blanks(self._lit_images(), self.height, self.width, k,
                                                   self.entries(k)[i].cand_pos[g]) if ivf else None
         return self._blanks_found[key]
@@ -354,8 +367,11 @@ class IndexFile:
         missing = sorted({int(k) for k in sizes} - set(self.sizes))
         if missing:
             add = ",".join(str(k) for k in missing)
+            above = float((self.meta.get("build") or {}).get("sample_above") or 0)
+            hint = (f"it was built with --sample-above {above:g}: sample with --sample-above {above:g} (or lower), "
+                    "where those steps search no index, or " if above else "")
             raise PatchdbError(
-                f"{self.path} has no index for patch sizes {missing} (it has {list(self.sizes)}); add them with "
+                f"{self.path} has no index for patch sizes {missing} (it has {list(self.sizes)}); {hint}add them with "
                 f"{self.build_command(self.machine.value, add, '--add')}"
             )
 
@@ -375,7 +391,7 @@ class IndexFile:
         sampling without --schedule; one line listing the sizes when it recorded none."""
         build = self.meta.get("build") or {}
         sizes = build.get("schedule")
-        if not sizes or not set(sizes) <= set(self.sizes):
+        if not sizes:
             have = ",".join(str(k) for k in self.sizes)
             raise PatchdbError(
                 f"{self.path} records no scale schedule (it holds patch sizes {have}); give one with --schedule, "
