@@ -66,8 +66,10 @@ def command(ctx, dataset, root, split, download, limit, only_classes, policy, ma
     set_threads(threads)
     data = load_from_options(dataset, root, split, download, limit, only_classes, policy)
     schedule = _recorded_schedule(scales, sched, out if add else None)
+    if sample_above is None and add:  # the sizes --add leaves out are still sampled-only ones
+        sample_above = _recorded_build(out).get("sample_above")
     config = BuildConfig(machine.value, sizes, index_key, parse_memory(memory), recall_k, seed=seed,
-                         sample_above=sample_above or 0.0, **schedule)
+                         sample_above=float(sample_above or 0), **schedule)
     click.echo(f"building {machine.value} indexes of {len(data):,} images of {data.name} for sizes {list(sizes)} -> {out}", err=True)
     start = time.perf_counter()
     build_index_file(data, out, config, progress=True, overwrite=force, add=add)
@@ -95,9 +97,15 @@ def _recorded_schedule(text: str, sched, existing: Path | None) -> dict:
     of sizes), else the one an existing file (--add) recorded, else none."""
     if not re.fullmatch(r"[\d,\s]*", text):
         return {"schedule": tuple(sched.sizes), "schedule_name": sched.name}
-    if existing is not None and existing.exists():
-        with IndexFile(existing) as old:
-            build = old.meta.get("build") or {}
-            if build.get("schedule"):
-                return {"schedule": tuple(build["schedule"]), "schedule_name": str(build.get("schedule_name", ""))}
+    build = _recorded_build(existing) if existing is not None else {}
+    if build.get("schedule"):
+        return {"schedule": tuple(build["schedule"]), "schedule_name": str(build.get("schedule_name", ""))}
     return {}
+
+
+def _recorded_build(existing: Path) -> dict:
+    """The build settings an existing file records (none: {})."""
+    if not existing.exists():
+        return {}
+    with IndexFile(existing) as old:
+        return old.meta.get("build") or {}

@@ -80,17 +80,17 @@ def test_build_sample_above_leaves_out_sizes_of_sample_only_steps(tmp_path):
     """build --sample-above indexes only the sizes of the steps below it; sample runs with that setting (or a
     lower one) and refuses others in one line naming it; --add completes the file."""
     sched, out = tmp_path / "four.json", tmp_path / "part.h5"
-    sched.write_text(json.dumps({"name": "four", "sizes": [3, 3, 5, 5]}))
+    sched.write_text(json.dumps({"name": "four", "sizes": [3, 3, 5, 7]}))
     res = run("build", "--limit", "12", "--scales", sched, "--sample-above", "0.75", "--recall-k", "8", "--out", out)
     assert res.exit_code == 0, res.output
     assert json.loads(run("info", out, "--json").output)["metadata"]["sizes"] == [3]
-    assert "sizes [5] have no index (built with --sample-above 0.75" in run("info", out).output
+    assert "sizes [5, 7] have no index (built with --sample-above 0.75" in run("info", out).output
     res = run("sample", "--index", out, "-n", "2", "-b", "2", "--sample-above", "0.75", "--sample-size", "64",
               "-o", tmp_path / "s.h5")
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "s.h5") as h5:
         meta = json.loads(h5.attrs["metadata"])
-        assert h5["samples"].shape == (2, 1, 32, 32) and [r["k"] for r in meta["step_reports"]] == [5, 5, 3, 3]
+        assert h5["samples"].shape == (2, 1, 32, 32) and [r["k"] for r in meta["step_reports"]] == [7, 5, 3, 3]
     res = run("sample", "--index", out, "-n", "1", "-o", tmp_path / "t.h5")
     assert res.exit_code == 2 and "sample with --sample-above 0.75 (or lower)" in res.output, res.output
     res = run("build", "--limit", "12", "--scales", "3,5", "--sample-above", "0.5", "--out", tmp_path / "x.h5")
@@ -98,6 +98,9 @@ def test_build_sample_above_leaves_out_sizes_of_sample_only_steps(tmp_path):
     res = run("build", "--limit", "12", "--scales", sched, "--sample-above", "0.1", "--out", tmp_path / "x.h5")
     assert res.exit_code == 2 and "leaves no step that searches" in res.output
     assert run("build", "--limit", "12", "--scales", "5", "--add", "--recall-k", "8", "--out", out).exit_code == 0
+    res = run("sample", "--index", out, "-n", "1", "-o", tmp_path / "t.h5")  # 7 still left out, and said so
+    assert res.exit_code == 2 and "no index for patch sizes [7]" in res.output and "--sample-above 0.75" in res.output
+    assert run("build", "--limit", "12", "--scales", "7", "--add", "--recall-k", "8", "--out", out).exit_code == 0
     assert run("sample", "--index", out, "-n", "1", "-o", tmp_path / "t.h5").exit_code == 0
 
 

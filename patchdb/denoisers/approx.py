@@ -142,8 +142,8 @@ class ApproxMachine:
         (a one-time deserialization: seconds for the ~2-3 GB of one size at N = 60,000), and the
         x-independent terms of its exactly scanned families (corners) when they fit in the cache."""
         check_patch_size(k)
-        if k not in self.file.sizes and not (self.schedule is not None and k not in self.schedule.searched(
-                self.retrieval.sample_above)):
+        sampled_only = self.schedule is not None and k not in self.schedule.searched(self.retrieval.sample_above)
+        if k not in self.file.sizes and not sampled_only:
             self.file.check(self.machine, [k])
         src = self.source
         geom = geometry(self.machine, k, src.height, src.width)
