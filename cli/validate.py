@@ -29,7 +29,8 @@ from .options import (
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--machine", "-m", default=None, help="els or bbels (default: the file's machine).")
-@click.option("--schedule", "-s", default="fashion-mnist-resnet-zeros", help="Preset, constant:K, comma list or file.")
+@click.option("--schedule", "-s", default=None,
+              help="Preset, constant:K, comma list or file (default: the schedule FILE records, else fashion-mnist-resnet-zeros).")
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=20, help="Number of seeds M.")
 @click.option("--seed", type=SEED, default=0, help="First seed; seeds are seed .. seed + M - 1 (0..2**32-1).")
 @click.option("--label", type=LABEL, default=None, help="Condition on a class, or 'all' to cycle through the classes.")
@@ -47,10 +48,13 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, retriev
             exact_samples, force):
     """For M seeds, sample with the exact and the approximate engine from the same noise and compare."""
     check_seed_span(seed, num_seeds)
-    sched = parse_schedule_option(schedule)
+    sched = parse_schedule_option(schedule) if schedule is not None else None
     if json_out:  # now, not after hours of exact sampling
         json_out = claim_output(json_out, force, what="--json-out", suffixes=(".json",))
     with open_index(file) as f:
+        if sched is None:
+            recorded = (f.meta.get("build") or {}).get("schedule")
+            sched = f.recorded_schedule() if recorded else parse_schedule_option("fashion-mnist-resnet-zeros")
         machine = machine if machine is not None else f.machine.value
         approx = make_denoiser(machine, sched, index=f, retrieval=retrieval, dtype=DTYPES[dtype])
         dev = resolve_device(device)

@@ -93,6 +93,9 @@ def test_build_sample_above_leaves_out_sizes_of_sample_only_steps(tmp_path):
         assert h5["samples"].shape == (2, 1, 32, 32) and [r["k"] for r in meta["step_reports"]] == [7, 5, 3, 3]
     res = run("sample", "--index", out, "-n", "1", "-o", tmp_path / "t.h5")
     assert res.exit_code == 2 and "sample with --sample-above 0.75 (or lower)" in res.output, res.output
+    res = run("validate", out, "--seeds", "1", "--sample-above", "0.75", "--min-r2", "0", "--json-out", tmp_path / "v.json")
+    assert res.exit_code == 0, res.output  # the file's recorded schedule, not the Fashion-MNIST preset
+    assert json.loads((tmp_path / "v.json").read_text())["settings"]["schedule"] == [3, 3, 5, 7]
     res = run("build", "--limit", "12", "--scales", "3,5", "--sample-above", "0.5", "--out", tmp_path / "x.h5")
     assert res.exit_code == 2 and "needs the steps of a schedule" in res.output
     res = run("build", "--limit", "12", "--scales", sched, "--sample-above", "0.1", "--out", tmp_path / "x.h5")
