@@ -19,18 +19,32 @@ if [ "${REUSE_EXACT:-1}" = 0 ]; then
             --save-trajectory --out "$OUT/exact-seed$s.h5" $FORCE &
         [ $((s % 2)) = 1 ] && wait
     done
-    EXACT_PARTS=("$OUT"/exact-seed[0-3].h5)
+    for s in 0 1 2 3; do patchdb merge exact --force --out "$OUT/exact-seed$s-merged.h5" "$OUT/exact-seed$s.h5"; done
+    EXACT_PARTS=("$OUT"/exact-seed[0-3]-merged.h5)
 else
-    EXACT_PARTS=("$HERE"/exact-seed[0-3].h5)
+    EXACT_PARTS=("$HERE"/exact-seed[0-9].h5)  # the seeds stored so far
 fi
 patchdb merge exact --force --out "$OUT/exact4.h5" "${EXACT_PARTS[@]}"
 
-# 3. The approximate engine from the same noise, the Fashion-MNIST setting (~3 min).
-OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate "$INDEX" -s cifar10-resnet-zeros --seed 0 --seeds 4 -b 4 \
-    --min-r2 0 --scan-cap 0.5 --reuse 4 --sample-above 0.65 --sample-size 4096 $FORCE \
-    --exact-samples "$OUT/exact4.h5" --json-out "$OUT/validate-r4-sa065-ss4096.json"
+# 3. Which setting, on seed 0 (each ~1.5-2.5 min; seed0-*.json).
+v0() {  # NAME FLAGS...
+    local name=$1; shift
+    cp "$HERE/exact-seed0.h5" "$OUT/ex0-$name.h5"
+    OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate "$INDEX" --seed 0 --seeds 1 -b 1 --min-r2 0 --scan-cap 0.5 \
+        --sample-above 0.65 $FORCE "$@" --exact-samples "$OUT/ex0-$name.h5" --json-out "$OUT/seed0-$name.json"
+}
+v0 fm-setting --reuse 4 --sample-size 4096
+v0 tc4096 --reuse 4 --sample-size 4096 --tail-correction 4096
+v0 ss16k-tc4096 --reuse 4 --sample-size 16384 --tail-correction 4096
+v0 r0-tc4096 --reuse 0 --sample-size 4096 --tail-correction 4096
+v0 r0-tc4k-top256 --reuse 0 --sample-size 4096 --tail-correction 4096 --topk 256
+v0 r0-tc8k-ss8k --reuse 0 --sample-size 8192 --tail-correction 8192
+SETTING="--scan-cap 0.5 --reuse 0 --sample-above 0.65 --sample-size 8192 --tail-correction 8192"
 
-# 4. Throughput at batch 64, the same setting (one one-thread worker, 64 samples; ~15 min).
+# 4. The chosen setting over every stored seed (~4 min).
+OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate "$INDEX" --seed 0 --seeds ${#EXACT_PARTS[@]} \
+    -b ${#EXACT_PARTS[@]} --min-r2 0 $SETTING $FORCE --exact-samples "$OUT/exact4.h5" --json-out "$OUT/validate-r0-tc8k-ss8k.json"
+
+# 5. Throughput at batch 64, the same setting: one one-thread worker beside another one-thread job, 64 samples (~25 min).
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index "$INDEX" --num 64 \
-    --workers 1 --batch 64 --extra "--scan-cap 0.5 --reuse 4 --sample-above 0.65 --sample-size 4096" \
-    --out "$OUT/scale-w1-b64-sa065-ss4096.json"
+    --workers 1 --batch 64 --extra "$SETTING" --out "$OUT/scale-w1-b64-r0-tc8k-ss8k.json"
