@@ -39,6 +39,8 @@ v0 ss16k-tc4096 --reuse 4 --sample-size 16384 --tail-correction 4096
 v0 r0-tc4096 --reuse 0 --sample-size 4096 --tail-correction 4096
 v0 r0-tc4k-top256 --reuse 0 --sample-size 4096 --tail-correction 4096 --topk 256
 v0 r0-tc8k-ss8k --reuse 0 --sample-size 8192 --tail-correction 8192
+v0 r0-tc8k-ss4k --reuse 0 --sample-size 4096 --tail-correction 8192
+v0 r4-tc8k-ss8k --reuse 4 --sample-size 8192 --tail-correction 8192
 SETTING="--scan-cap 0.5 --reuse 0 --sample-above 0.65 --sample-size 8192 --tail-correction 8192"
 
 # 4. The chosen setting over every stored seed (~4 min).
