@@ -78,11 +78,16 @@ def command(ctx, dataset, root, split, download, limit, only_classes, policy, ma
         click.echo(f"wrote {out} ({size / 2**20:.1f} MiB, sizes {list(f.sizes)}) in {time.perf_counter() - start:.1f} s")
 
 
+def _names_schedule(text: str) -> bool:
+    """Whether --scales names a schedule (a preset or a file) rather than listing sizes."""
+    return not re.fullmatch(r"[\d,\s]*", text)
+
+
 def _sizes(text: str, sched, sample_above: float | None) -> tuple[int, ...]:
     """The sizes to build: every distinct size of --scales, or with --sample-above those of its searched steps."""
     if sample_above is None:
         return sched.distinct()
-    if re.fullmatch(r"[\d,\s]*", text):
+    if not _names_schedule(text):
         raise PatchdbError(f"--sample-above needs the steps of a schedule: give --scales a preset or a schedule file, "
                            f"not the list of sizes {text!r}")
     sizes = sched.searched(sample_above)
@@ -95,7 +100,7 @@ def _sizes(text: str, sched, sample_above: float | None) -> tuple[int, ...]:
 def _recorded_schedule(text: str, sched, existing: Path | None) -> dict:
     """The schedule to record: --scales' own when it names one (a preset or a file, not a plain comma list
     of sizes), else the one an existing file (--add) recorded, else none."""
-    if not re.fullmatch(r"[\d,\s]*", text):
+    if _names_schedule(text):
         return {"schedule": tuple(sched.sizes), "schedule_name": sched.name}
     build = _recorded_build(existing) if existing is not None else {}
     if build.get("schedule"):
@@ -108,4 +113,4 @@ def _recorded_build(existing: Path) -> dict:
     if not existing.exists():
         return {}
     with IndexFile(existing) as old:
-        return old.meta.get("build") or {}
+        return old.build

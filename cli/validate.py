@@ -53,8 +53,7 @@ def command(file, machine, schedule, num_seeds, seed, label, batch_size, retriev
         json_out = claim_output(json_out, force, what="--json-out", suffixes=(".json",))
     with open_index(file) as f:
         if sched is None:
-            recorded = (f.meta.get("build") or {}).get("schedule")
-            sched = f.recorded_schedule() if recorded else parse_schedule_option("fashion-mnist-resnet-zeros")
+            sched = f.recorded_schedule() if f.build.get("schedule") else parse_schedule_option("fashion-mnist-resnet-zeros")
         machine = machine if machine is not None else f.machine.value
         approx = make_denoiser(machine, sched, index=f, retrieval=retrieval, dtype=DTYPES[dtype])
         dev = resolve_device(device)

@@ -149,8 +149,9 @@ class ApproxMachine:
         geom = geometry(self.machine, k, src.height, src.width)
         for grp, (i, entry) in zip(geom.groups, self.file.entries_for_groups(k, geom.groups, self.machine)):
             if entry.indexed and entry.family not in EXACT_FAMILIES:
-                for g in range(grp.query_pos.shape[0] if k in self.file.sizes else 0):
-                    self.file.index(k, i, g)
+                if k in self.file.sizes:  # a sample-only size the file has no index for loads nothing
+                    for g in range(grp.query_pos.shape[0]):
+                        self.file.index(k, i, g)
             else:  # the x-independent terms of the exact scan, kept when they fit
                 pos = grp.query_pos.view(-1)
                 step = max(1, RERANK_ELEMENTS // (src.channels * src.height * src.width))

@@ -107,6 +107,7 @@ class IndexFile:
             raise PatchdbError(f"{self.path} is incomplete or corrupted ({err.__class__.__name__}); rebuild it with patchdb build") from None
         self.machine = Machine.parse(self.meta["machine"])
         self.sizes = tuple(int(k) for k in self.meta["sizes"])
+        self.build = self.meta.get("build") or {}  # the build settings (older files: fewer keys)
         self.channels, self.height, self.width = self.meta["shape"]
         self._indexes: dict[tuple[int, int, int], tuple[object, int]] = {}
         self._entries: dict[int, list[Entry]] = {}
@@ -271,7 +272,7 @@ class IndexFile:
         """The stored images as a float64 :class:`PatchSource` padded for the largest size (of the file's, of
         its recorded schedule's and ``largest``), made once and shared by everything reading windows through
         this file (the approximate engine, attribution)."""
-        pad = max(*self.sizes, *((self.meta.get("build") or {}).get("schedule") or ()), largest) // 2
+        pad = max(*self.sizes, *(self.build.get("schedule") or ()), largest) // 2
         if self._source is None or self._source.pad < pad:
             self._source = PatchSource(self.images(), pad, torch.float64)
         return self._source
@@ -367,7 +368,7 @@ class IndexFile:
         missing = sorted({int(k) for k in sizes} - set(self.sizes))
         if missing:
             add = ",".join(str(k) for k in missing)
-            above = float((self.meta.get("build") or {}).get("sample_above") or 0)
+            above = float(self.build.get("sample_above") or 0)
             hint = (f"it was built with --sample-above {above:g}: sample with --sample-above {above:g} (or lower), "
                     "where those steps search no index, or " if above else "")
             raise PatchdbError(
@@ -381,15 +382,14 @@ class IndexFile:
 
     def build_command(self, machine: str, scales: str, flag: str) -> str:
         """A ``patchdb build`` command over this file's dataset that can be pasted as is."""
-        build = self.meta.get("build") or {}
-        extra = [] if build.get("index_key", "auto") == "auto" else ["--index-key", str(build["index_key"])]
+        extra = [] if self.build.get("index_key", "auto") == "auto" else ["--index-key", str(self.build["index_key"])]
         return shlex.join(["patchdb", "build", *self.dataset_options(), "--machine", machine, *extra, "--scales", scales,
                            flag, "--out", str(self.path)])
 
     def recorded_schedule(self, steps: int | None = None) -> ScaleSchedule:
         """The scale schedule the build recorded (``build --scales`` given a preset or a schedule file), for
         sampling without --schedule; one line listing the sizes when it recorded none."""
-        build = self.meta.get("build") or {}
+        build = self.build
         sizes = build.get("schedule")
         if not sizes:
             have = ",".join(str(k) for k in self.sizes)
