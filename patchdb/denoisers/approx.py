@@ -31,8 +31,16 @@ from .softmax import SoftmaxAccumulator, with_ones
 
 log = logging.getLogger(__name__)
 
-#: Rows x candidates x features per re-rank block (bounds memory, ~4 bytes each, x3 for indices).
+#: Rows x candidates x features per block of the same-position scans (bounds memory, ~4 bytes each,
+#: x3 for indices).
 RERANK_ELEMENTS = 8_000_000
+#: Float64 values per block of query rows in the re-rank (``ApproxMachine._approx``): per row, the
+#: logits, dot products, norms and centres of its P candidates and the logits and hit mask of the m
+#: sampled ones (the windows themselves are gathered in smaller blocks by ``PatchSource.window_terms``).
+#: Bounding rows by ``P * window length`` instead made the tail sample's product one to four rows at a
+#: time for CIFAR-10's 9 x 9 to 17 x 17 windows (m = 8,192): matrix-vector products that re-read the
+#: 8,192 sampled windows per row, 52% of a batch-16 sample's time (benchmarks/profile_sample.py).
+ROW_BLOCK_VALUES = 16_000_000
 #: x-independent corner / LS terms kept between calls, all sizes together (see
 #: ApproxMachine._same_position_terms): every bbELS size of the Fashion-MNIST schedule at N = 60,000
 #: takes ~0.8 GB.
@@ -322,7 +330,8 @@ class ApproxMachine:
         sample = self.retrieval.tail_sample(key, id_lo, id_hi, sample_only)
         tail = None if sample is None else self._tail_terms(sample, cand_pos, key[0], blank)
         vals, bounds, tails, best = [], [], [], []
-        step = max(1, RERANK_ELEMENTS // max(1, (ids.shape[1] or len(sample)) * q.shape[1]))  # sample-only: its logits
+        per_row = ids.shape[1] * (self.source.channels + 4) + (0 if sample is None else 2 * len(sample))
+        step = max(1, ROW_BLOCK_VALUES // max(1, per_row))
         for s in range(0, q.shape[0], step):
             v, bd, tl, bs = self._rerank(q[s : s + step], ids[s : s + step], cand_pos, per_image, key[0], a, b,
                                          n_total, tail, blank)
