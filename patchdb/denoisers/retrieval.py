@@ -256,7 +256,7 @@ def tail_hits(ids: torch.Tensor, sample: torch.Tensor, blank_mask: torch.Tensor 
     Each retrieved id is looked up in the sorted distinct sample (m values, which stay in cache) rather
     than each sampled id in every row's sorted candidates: no per-row sort, 1.2-3x faster (measured).
     """
-    uniq, inverse, blank = prepared or prepare_tail(sample, blank_mask)
+    uniq, inverse, blank = (prepared or prepare_tail(sample, blank_mask))[:3]
     pos = torch.searchsorted(uniq, ids).clamp_(max=len(uniq) - 1)
     found = uniq[pos] == ids
     hit = torch.zeros(ids.shape[0], len(uniq) + 1, dtype=torch.bool)
@@ -268,10 +268,30 @@ def tail_hits(ids: torch.Tensor, sample: torch.Tensor, blank_mask: torch.Tensor 
 
 
 def prepare_tail(sample: torch.Tensor, blank_mask: torch.Tensor | None) -> tuple:
-    """What :func:`tail_hits` needs of a sample, made once: its sorted distinct ids, the inverse map and
-    which sampled ids are blank (None when ``blank_mask`` is None)."""
-    uniq, inverse = torch.unique(sample, return_inverse=True)
-    return uniq, inverse, None if blank_mask is None else blank_mask[sample]
+    """What :func:`tail_hits` and :func:`mask_tail_hits` need of a sample, made once: its sorted distinct
+    ids, the inverse map, which sampled ids are blank (None when ``blank_mask`` is None), and the sample
+    positions grouped by distinct id (positions in id order, each distinct id's first one and count)."""
+    uniq, inverse, counts = torch.unique(sample, return_inverse=True, return_counts=True)
+    order = torch.argsort(inverse, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    return uniq, inverse, None if blank_mask is None else blank_mask[sample], order, first, counts
+
+
+def mask_tail_hits(logits: torch.Tensor, ids: torch.Tensor, prepared: tuple) -> torch.Tensor:
+    """``logits`` (R, m) of the sampled ids with :func:`tail_hits` set to -inf, in place, without the
+    (R, m) mask: a row's retrieved ids rarely fall in the sample (P m / n_total of them, under one at
+    CIFAR-10's k = 9 with P = 1,024 and m = 8,192), so only the hits are written."""
+    uniq, _, blank, order, first, counts = prepared
+    if ids.shape[1]:
+        pos = torch.searchsorted(uniq, ids).clamp_(max=len(uniq) - 1)
+        rows, cols = (uniq[pos] == ids).nonzero(as_tuple=True)
+        u = pos[rows, cols]
+        for j in range(int(counts[u].max()) if len(u) else 0):  # a value drawn j + 1 times: each place
+            more = counts[u] > j
+            logits[rows[more], order[first[u[more]] + j]] = -math.inf
+    if blank is not None:
+        logits[:, blank] = -math.inf
+    return logits
 
 
 def window_logits(q: torch.Tensor, windows: torch.Tensor, a: float, b: float) -> torch.Tensor:

@@ -31,8 +31,10 @@ class SoftmaxAccumulator:
         # Last column holds sum w; the others sum w * v.
         self.acc = torch.zeros((*shape, value_dim + 1), dtype=dtype, device=device)
 
-    def add(self, logits: torch.Tensor, values: torch.Tensor) -> None:
-        """Fold in a block: ``logits`` (G, M, P) is overwritten; ``values`` (G, P, V+1), last column ones."""
+    def add(self, logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Fold in a block: ``logits`` (G, M, P) is overwritten; ``values`` (G, P, V+1), last column ones.
+        Returns the block's ``log sum_j w_j`` per row (G, M) (a weight below e^-80 of the running
+        maximum counts as e^-80 of it, as everywhere in the accumulator)."""
         new_max = torch.maximum(self.max, logits.amax(dim=-1))
         # A row with no finite logit yet (every candidate masked, e.g. a sub-index whose windows are all
         # blank) shifts by 0 instead of -inf, which would turn it into NaN; it stays -inf, so its tiny
@@ -43,6 +45,7 @@ class SoftmaxAccumulator:
         # exp(-inf - finite) = 0 wipes the empty initial state.
         self.acc.mul_(torch.exp(self.max - shift).unsqueeze(-1)).add_(part)
         self.max = new_max
+        return part[..., -1].log().add_(shift)
 
     def result(self) -> torch.Tensor:
         """Weighted averages, (G, M, V)."""
