@@ -147,6 +147,30 @@ def test_box_sums_at_positions_match_a_clipped_window_sum():
             assert torch.allclose(got, want, atol=1e-12, rtol=0), (pos.tolist(), r)
 
 
+def test_box_dots_match_clipped_window_dot_products_on_both_paths(monkeypatch):
+    # The exactly scanned families' dot products <x, phi> over each clipped box: dense products per region
+    # (few boxes) and integral images of the product (many) must both equal plain sums.
+    from patchdb import patches
+    from patchdb.patches import box_dots, box_regions, geometry
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, 7, 9, generator=g, dtype=torch.float64)
+    phi = torch.randn(5, 2, 7, 9, generator=g, dtype=torch.float64)
+    h, w = 7, 9
+    sets = [torch.tensor([0, 8, 30, 62, 54, 33]), torch.arange(h * w)]
+    for k in (3, 5, 7):
+        sets.append([g for g in geometry(Machine.BBELS, k, h, w).groups if g.family in ("corner", "ls")][0].query_pos.view(-1))
+    for most in (0, 4, 10**6):  # every region by integral images; mixed; every region dense
+        monkeypatch.setattr(patches, "BOX_PRODUCT_MAX_POSITIONS", most)
+        for pos in sets:
+            for r in (0, 1, 3, 6):
+                want = torch.stack([torch.einsum("bchw,nchw->bn", x[..., max(0, p // w - r) : p // w + r + 1, max(0, p % w - r) : p % w + r + 1],
+                                                 phi[..., max(0, p // w - r) : p // w + r + 1, max(0, p % w - r) : p % w + r + 1])
+                                    for p in pos.tolist()], dim=-1)
+                got = box_dots(x, phi, box_regions(pos, r, h, w), len(pos))
+                assert torch.allclose(got, want, atol=1e-12, rtol=0), (most, pos.tolist(), r)
+
+
 def test_index_memory_budget_unloads_sizes_and_keeps_results(tmp_path, monkeypatch):
     """A budget below two sizes keeps one size loaded at a time, reloads on return, and changes no output."""
     ds = random_dataset(12, 1, 10, 10, seed=5)

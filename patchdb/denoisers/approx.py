@@ -22,7 +22,7 @@ import torch
 from ..errors import PatchdbError
 from ..indexing.format import EXACT_FAMILIES, Entry
 from ..indexing.reader import IndexFile
-from ..patches import box_regions, box_sums, geometry, unfold_windows
+from ..patches import box_dots, box_queries, box_regions, box_sums, geometry, unfold_windows
 from ..schedule import ScaleSchedule, alpha_sigma, check_patch_size, parse_schedule
 from ..spec import Machine
 from .contract import batch_labels, check_shape, check_size, check_tensor, check_time, size_at
@@ -253,17 +253,22 @@ class ApproxMachine:
         """LS-like families (corners, LS fallback): every image ``lo..hi`` at the query's own position
         (or only ``images``, a sample-only step's uniform sample of them).
 
-        Window dot products are box sums of ``x * phi`` (zero padding = a box clipped to the image), read
-        from integral images of only the pixels the boxes cover (four corner regions of side ``2r`` for
-        bbELS corners, the whole image for the LS fallback), so the cost is O(B N * covered pixels).
-        The x-independent terms (``|phi|^2`` per box, centres) are computed once per size.
+        Window dot products are sums of ``x * phi`` over each box (zero padding = a box clipped to the
+        image), region by region (four corner regions of side ``2r`` for bbELS corners, the whole image for
+        the LS fallback): a dense product of box-masked queries with the images' region pixels for the few
+        boxes of a corner region, integral images of the product for the LS fallback's many
+        (:func:`patchdb.patches.box_dots`). The x-independent terms (``|phi|^2`` per box, centres) are
+        computed once per size.
         Returns (b, C, P) for the flat positions ``pos`` (P,).
         """
         src, r = self.source, k // 2
         xs = x.double()
         regions = box_regions(pos, r, src.height, src.width)
+        queries = box_queries(xs, regions)
         acc = SoftmaxAccumulator((len(pos), x.shape[0]), src.channels, torch.float64, x.device)
-        step = max(1, RERANK_ELEMENTS // max(1, x.shape[0] * x[0].numel()))
+        # Per image a block holds its (B, P) dots, and (B, region) products where integral images are used.
+        per_image = len(pos) if all(q is not None for q in queries) else x[0].numel()
+        step = max(1, RERANK_ELEMENTS // max(1, x.shape[0] * per_image))
         if images is None:
             terms = self._same_position_terms(pos, k, regions, step)
             blocks = ((self._phi(start, min(hi, start + step)), *terms(start, min(hi, start + step)))
@@ -272,8 +277,7 @@ class ApproxMachine:
             blocks = ((phi, *_box_terms(src, phi, chunk, pos, regions))
                       for chunk in images.split(step) for phi in [src.image_pixels(chunk)])
         for phi, norms, centres in blocks:  # phi (n, C, H, W) float64, norms (n, P), centres (P, n, C)
-            dots = box_sums(lambda rs, cs, phi=phi: torch.einsum("bchw,nchw->bnhw", xs[:, :, rs, cs], phi[:, :, rs, cs]),
-                            regions, len(pos))  # (b, n, P)
+            dots = box_dots(xs, phi, regions, len(pos), queries)  # (b, n, P)
             logits = (dots.mul_(2 * a).sub_((a * a) * norms)).mul_(0.5 / (b * b))
             acc.add(logits.permute(2, 0, 1).contiguous(), with_ones(centres))
         return acc.result().permute(1, 2, 0)  # (b, C, P)
