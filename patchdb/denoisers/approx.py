@@ -332,7 +332,7 @@ class ApproxMachine:
         n_total = id_hi - id_lo
         blank = self._blank(key, lo, hi, cand_pos, per_image, load=not sample_only)
         sample = self.retrieval.tail_sample(key, id_lo, id_hi, sample_only)
-        tail = None if sample is None else self._tail_terms(sample, cand_pos, key[0], blank, single=sample_only)
+        tail = None if sample is None else self._tail_terms(sample, cand_pos, key[0], blank, a, b, n_total, sample_only)
         vals, bounds, tails, best = [], [], [], []
         per_row = ids.shape[1] * (self.source.channels + 4) + (0 if sample is None else 2 * len(sample))
         step = max(1, ROW_BLOCK_VALUES // max(1, per_row))
@@ -408,29 +408,33 @@ class ApproxMachine:
             tail = self._add_tail(acc, q, ids, tail_terms, a, b, n_total, log_z)
         return acc.result()[:, 0], bound, tail, best
 
-    def _tail_terms(self, sample: torch.Tensor, cand_pos: torch.Tensor, k: int, blank, single: bool = False) -> tuple:
-        """The uniform tail sample's x-independent terms, made once per sub-index and call (not per block
-        of query rows): ids, :func:`prepare_tail`, windows (m, d) float64, their squared norms, centres
-        with ones (m, C+1), and (``single``: a sample-only step) the windows in float32 for the product."""
+    def _tail_terms(self, sample: torch.Tensor, cand_pos: torch.Tensor, k: int, blank, a: float, b: float,
+                    n_total: int, single: bool = False) -> tuple:
+        """The uniform tail sample's terms at this call's ``a, b``, made once per sub-index and call (not per
+        block of query rows): :func:`prepare_tail`, the sampled windows as the right factor of the logits'
+        product (m, d+1): ``[a/b^2 w_j, log(n_total/m) - a^2 |w_j|^2 / 2b^2]`` (float32 when ``single``: a
+        sample-only step), and the centres with ones (m, C+1)."""
         img, pos = sample // len(cand_pos), cand_pos[sample % len(cand_pos)]
         w = self.source.windows(img, pos, k).double()
-        return (sample, prepare_tail(sample, None if blank is None else blank[3]), w, w.square().sum(-1),
-                with_ones(self.source.centres(img, pos).double()), w.float() if single else None)
+        bias = w.square().sum(-1, keepdim=True).mul_(-(a * a) * 0.5 / (b * b)).add_(math.log(n_total / len(sample)))
+        right = torch.cat([w.mul_(a / (b * b)), bias], 1)
+        return (prepare_tail(sample, None if blank is None else blank[3]), right.float() if single else right,
+                with_ones(self.source.centres(img, pos).double()))
 
     def _add_tail(self, acc, q, ids, tail_terms, a, b, n_total, log_z) -> torch.Tensor:
         """Fold in the uniform sample, weighted n_total / m, minus retrieved and blank ids (both already
         counted exactly); returns the tail share.
 
-        At a sample-only step the products ``q . w`` are float32 (half the time of the step's one large
-        product): there ``a / b^2 <= 0.74`` (t >= 0.65), so the rounding, at most ``d * 2^-24 * sum |q_i|``
-        for windows in [-1, 1], moves a logit by ~1e-4 and D by less, far inside the sample's own error."""
-        sample, prepared, w, w_sq, values, w32 = tail_terms
-        # shared_logits(q, w, a, b), with |w|^2 made once per sample.
-        sq = q.square().sum(-1, keepdim=True) + (a * a) * w_sq
-        prod = (q.float() @ w32.T).double() if w32 is not None else q @ w.T
-        logits = prod.mul_(2 * a).sub_(sq).mul_(0.5 / (b * b))
+        The logits ``-|q - a w_j|^2 / 2b^2 + log(n_total / m)`` are one product ``[q, 1] . right_j``
+        (:meth:`_tail_terms`) minus ``|q|^2 / 2b^2`` per row. At a sample-only step the product is float32
+        (half the time of the step's one large product): there ``a / b^2 <= 0.74`` (t >= 0.65), so its
+        rounding moves a logit by ~1e-4 at most, far inside the sample's own error."""
+        prepared, right, values = tail_terms
+        left = with_ones(q)
+        prod = (left.float() @ right.T).double() if right.dtype == torch.float32 else left @ right.T
+        logits = prod.sub_(q.square().sum(-1, keepdim=True).mul_(0.5 / (b * b)))
         # A sampled id already among the retrieved ones (or blank) is counted there: mask it.
-        mask_tail_hits(logits, ids, prepared).add_(math.log(n_total / len(sample)))
+        mask_tail_hits(logits, ids, prepared)
         log_tail = acc.add(logits.unsqueeze(1), values.unsqueeze(0).expand(q.shape[0], -1, -1))[:, 0]
         return torch.sigmoid(log_tail - log_z)
 
