@@ -43,10 +43,14 @@ v0 r0-tc8k-ss4k --reuse 0 --sample-size 4096 --tail-correction 8192
 v0 r4-tc8k-ss8k --reuse 4 --sample-size 8192 --tail-correction 8192
 SETTING="--scan-cap 0.5 --reuse 0 --sample-above 0.65 --sample-size 8192 --tail-correction 8192"
 
-# 4. The chosen setting over every stored seed (~4 min).
+# 4. The chosen setting over every stored seed (~4 min; validate-r0-tc8k-ss8k-seeds0-3.json).
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate "$INDEX" --seed 0 --seeds ${#EXACT_PARTS[@]} \
     -b ${#EXACT_PARTS[@]} --min-r2 0 $SETTING $FORCE --exact-samples "$OUT/exact4.h5" --json-out "$OUT/validate-r0-tc8k-ss8k.json"
 
-# 5. Throughput at batch 64, the same setting: one one-thread worker beside another one-thread job, 64 samples (~25 min).
+# 5. Throughput at batch 64, the same setting: one one-thread worker beside other jobs, 64 samples (~15-25 min;
+#    scale-w1-b64-r0-tc8k-ss8k.json in the afternoon, scale-w1-b64-dec7b.json after the tail sample's fix),
+#    then two one-thread workers, 128 samples (the configuration; scale-w2-b64-dec7b.json).
 OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index "$INDEX" --num 64 \
-    --workers 1 --batch 64 --extra "$SETTING" --out "$OUT/scale-w1-b64-r0-tc8k-ss8k.json"
+    --workers 1 --batch 64 --extra "$SETTING" --out "$OUT/scale-w1-b64.json"
+OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index "$INDEX" --num 128 \
+    --workers 2 --batch 64 --extra "$SETTING" --out "$OUT/scale-w2-b64.json"
