@@ -44,15 +44,15 @@ def main(batch, images, sizes, repeat):
     print("| k | positions per region | integral images s | dense products s | ratio |")
     print("|---|---|---|---|---|")
     for k in sizes:
-        grp = [g for g in geometry(Machine.BBELS, k, 32, 32).groups if g.family == "corner"][0]
+        grp = next(g for g in geometry(Machine.BBELS, k, 32, 32).groups if g.family == "corner")
         pos = grp.query_pos.view(-1)
         regions = box_regions(pos, k // 2, 32, 32)
 
-        def integral():
+        def integral(regions=regions, pos=pos):
             return box_sums(lambda rs, cs: torch.einsum("bchw,nchw->bnhw", x[:, :, rs, cs], phi[:, :, rs, cs]),
                             regions, len(pos))
 
-        def dense():
+        def dense(regions=regions, pos=pos):
             saved = patches.BOX_PRODUCT_MAX_POSITIONS
             patches.BOX_PRODUCT_MAX_POSITIONS = 10**9
             try:

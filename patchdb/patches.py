@@ -191,14 +191,13 @@ def _integral_at(integral: torch.Tensor, wr: int, yy: torch.Tensor, xx: torch.Te
     return got if bool(inside.all()) else got.mul_(inside.to(integral.dtype))
 
 
-
 #: A region whose boxes are at most this many positions gets its dot products as one dense product of
 #: box-masked queries with the images' region pixels (:func:`box_dots`) instead of integral images of the
 #: elementwise product: the product does ``positions`` times more multiply-adds, at matrix-product speed,
 #: while the integral images stream a (B, N, region) array through memory three times. Measured
-#: (benchmarks/corners.py, one thread, float64, B = 64, N = 2,048): 2.3-7.1x faster for every bbELS corner
-#: family up to k = 17 (64 positions per corner region); the LS fallback (one region of every position)
-#: keeps integral images.
+#: (benchmarks/corners.py, one thread, float64, B = 64, N = 2,048, beside other jobs): 3.4-7.1x faster for
+#: the corner families of k = 5-13, 2.2x at k = 17 (64 positions per corner region), about even at k = 3
+#: (one position; 1.05-2.3x); the LS fallback (one region of every position) keeps integral images.
 BOX_PRODUCT_MAX_POSITIONS = 64
 
 

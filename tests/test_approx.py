@@ -159,7 +159,7 @@ def test_box_dots_match_clipped_window_dot_products_on_both_paths(monkeypatch):
     h, w = 7, 9
     sets = [torch.tensor([0, 8, 30, 62, 54, 33]), torch.arange(h * w)]
     for k in (3, 5, 7):
-        sets.append([g for g in geometry(Machine.BBELS, k, h, w).groups if g.family in ("corner", "ls")][0].query_pos.view(-1))
+        sets.append(next(g for g in geometry(Machine.BBELS, k, h, w).groups if g.family in ("corner", "ls")).query_pos.view(-1))
     for most in (0, 4, 10**6):  # every region by integral images; mixed; every region dense
         monkeypatch.setattr(patches, "BOX_PRODUCT_MAX_POSITIONS", most)
         for pos in sets:

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 #: x3 for indices).
 RERANK_ELEMENTS = 8_000_000
 #: Float64 values per block of query rows in the re-rank (``ApproxMachine._approx``): per row, the
-#: logits, dot products, norms and centres of its P candidates and the logits and hit mask of the m
-#: sampled ones (the windows themselves are gathered in smaller blocks by ``PatchSource.window_terms``).
+#: logits, dot products, norms and centres of its P candidates and the logits of the m sampled ones (their
+#: product and its exponential; the windows themselves are gathered in smaller blocks by
+#: ``PatchSource.window_terms``).
 #: Bounding rows by ``P * window length`` instead made the tail sample's product one to four rows at a
 #: time for CIFAR-10's 9 x 9 to 17 x 17 windows (m = 8,192): matrix-vector products that re-read the
 #: 8,192 sampled windows per row, 52% of a batch-16 sample's time (benchmarks/profile_sample.py).
