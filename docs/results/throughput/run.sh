@@ -87,6 +87,22 @@ OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure -
 
 # 5. With --sample-above 0.9 (the evening section) and the CIFAR-10 rows: docs/results/scale/run.sh, last block.
 
+# --- 2026-12-07 evening: the tail sample's blocks, sparse masking, corners as dense products -------------
+# Sample-only steps, this checkout against the engine before (dd5310a), one after the other on one index file
+# of each dataset (sample-only steps read only its images): sample-only-fm60k-dec7.txt and the CIFAR-10 lines.
+OLD="$OUT/old-engine"
+[ -d "$OLD" ] || git worktree add -f "$OLD" dd5310a
+cp benchmarks/sample_only.py "$OLD/benchmarks/"
+ROOT=$PWD
+for checkout in . "$OLD"; do
+    (cd "$checkout" && OMP_NUM_THREADS=1 python benchmarks/sample_only.py "$ROOT/$INDEX" --batch 64)
+    (cd "$checkout" && OMP_NUM_THREADS=1 python benchmarks/sample_only.py "$ROOT/indexes/cifar10-bbels.h5" --batch 16 \
+        --step 1.0:17 --step 0.75:11 --sample-size 8192)
+done
+# Corner families: dense products against integral images, synthetic data, one run.
+OMP_NUM_THREADS=1 python benchmarks/corners.py --batch 64 --images 2048
+# The CIFAR-10 whole-sample figures of this section: docs/results/cifar50k-validate/run.sh, step 5.
+
 # --- N = 1,000 (the morning section) ----------------------------------------------------------------
 # INDEX1K: an index file of the first 1,000 Fashion-MNIST training images, bbELS, the whole schedule.
 INDEX1K="$OUT/fm1k.h5"
