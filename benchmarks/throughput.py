@@ -9,7 +9,9 @@ Approximate engine: whole 20-step DDIM samples from seeded noise (so step-to-ste
 measured as a sampler uses it), every size's indexes loaded before timing (``prepare``), per-sample
 time = wall time of the batch / batch size, split into search (FAISS), re-rank (exact logits of the
 retrieved candidates), corners (the exactly scanned families) and tail (the uniform tail sample);
-the rest (query windows, bookkeeping) is ``total - parts``. The settings take turns, one sample
+loads (FAISS sub-indexes read from the file: with ``--memory-gib`` the budget a sampler at scale runs
+under, so sizes are reloaded within a sample as they are there); the rest (query windows, bookkeeping)
+is ``total - parts``. The settings take turns, one sample
 each per repeat (a load change on a shared machine then falls on all of them), ``--repeat`` times, and
 the median is kept.
 
@@ -25,6 +27,7 @@ the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import statistics
@@ -45,7 +48,7 @@ from patchdb.indexing.reader import open_index
 from patchdb.sampler import ddim_sample, initial_noise
 from patchdb.schedule import alpha_sigma, parse_schedule
 
-PARTS = ("search", "rerank", "corners", "tail")
+PARTS = ("search", "rerank", "corners", "tail", "loads")
 _SEARCH_IDS = retrieval_module.search_ids
 
 
@@ -69,6 +72,11 @@ class _Split:
             self.per_size[kwargs.get("k", args[2] if len(args) > 2 else None)] += sec
 
         engine.denoise = _timed(engine.denoise, per_size)
+        index_file = engine.file
+        if not hasattr(index_file, "_timed_loads"):  # one file, several engines: time its loads once
+            index_file.index = _timed(index_file.index,
+                                      lambda sec, args, kw: _RUNNING[0] is not None and _RUNNING[0]._add("loads", sec))
+            index_file._timed_loads = True
 
     def _add(self, part: str, seconds: float) -> None:
         self.spent[part] += seconds
@@ -126,7 +134,7 @@ def _approx_runs(f, sched, batch: int, settings: dict[str, Retrieval], repeat: i
             ddim_sample(engine, noise, sched.steps, None)
             total = time.perf_counter() - start
             tail = split.spent["tail"]
-            parts = {**split.spent, "rerank": split.spent["rerank"] - tail}
+            parts = {**split.spent, "rerank": split.spent["rerank"] - tail}  # the tail sample runs inside the re-rank
             runs[name].append({"total": total, **{p: parts.get(p, 0.0) for p in PARTS}, "per_size": dict(split.per_size)})
     return {name: sorted(rs, key=lambda run: run["total"])[len(rs) // 2] for name, rs in runs.items()}
 
@@ -166,23 +174,30 @@ def _exact_time(f, sched, batch: int, sizes: list[int]) -> dict[int, float]:
 @click.option("--setting", "named", multiple=True,
               help="NAME=JSON of Retrieval knobs, e.g. 'carry={\"reuse\": 4, \"across\": true, \"refresh\": 0.125}' "
                    "(--scan-cap applies unless the JSON sets it); replaces --reuse, repeatable, they take turns.")
-def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap, reuse, baseline, named):
+@click.option("--memory-gib", type=float, default=None,
+              help="Index memory budget (GiB) while sampling, as PATCHDB_INDEX_MEMORY; default: no limit.")
+def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap, reuse, baseline, named, memory_gib):
     """Seconds per sample against batch size, exact vs approximate, with the split of the approximate time."""
     sched = parse_schedule(schedule)
     if named:
         settings = {}
         for item in named:
             name, _, text = item.partition("=")
-            settings[name] = Retrieval.from_dict({"scan_cap": scan_cap, **json.loads(text)})
+            try:  # unset knobs take today's defaults (from_dict would read a missing list_scan as an old file's)
+                settings[name] = dataclasses.replace(Retrieval(scan_cap=scan_cap), **json.loads(text))
+            except (TypeError, ValueError) as e:
+                raise click.BadParameter(f"{item}: {e}", param_hint="--setting") from None
     else:
         settings = {f"approx (reuse {reuse})": Retrieval(scan_cap=scan_cap, reuse=reuse)}
     if baseline and any(r.reuse for r in settings.values()):
         settings["approx, no reuse"] = Retrieval(scan_cap=scan_cap, reuse=0)
-    print("| N | batch | engine | s/sample | search | re-rank | corners | tail | rest | exact s/sample (steps) | ratio | peak RSS GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| N | batch | engine | s/sample | search | re-rank | corners | tail | loads | rest | exact s/sample (steps) | ratio | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in files:
         with open_index(path) as f:
-            f.cache_bytes = None  # keep every size's indexes loaded: prepare() before timing
+            # No budget: every size's indexes stay loaded (prepare() before timing); with one, the sizes
+            # are reloaded within each sample as under a sampler's budget (the ``loads`` column).
+            f.cache_bytes = None if memory_gib is None else int(memory_gib * 2**30)
             n = f.meta["count"]
             sizes = sched.distinct() if exact_sizes is None else (
                 [] if exact_sizes == "none" else sorted({int(v) for v in exact_sizes.split(",")}))
@@ -190,6 +205,9 @@ def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap,
             for batch in batches:
                 rows = _approx_runs(f, sched, batch, settings, repeat)
                 peak_approx = _peak_gib()
+                for name, run in rows.items():  # now, before an exact call that may take an hour
+                    print(f"<!-- N={n} batch={batch} {name}: {run['total'] / batch:.2f} s/sample, parts "
+                          + ", ".join(f"{p} {run[p] / batch:.2f}" for p in PARTS) + " -->", flush=True)
                 ex = _exact_time(f, sched, batch, sizes) if sizes and batch in exact_at else {}
                 covered = [i for i in range(1, sched.steps + 1) if sched.size_at(i) in ex]
                 ex_total = sum(ex[sched.size_at(i)] for i in covered)
