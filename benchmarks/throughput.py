@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import resource
-import statistics
 import sys
 import time
 from collections import defaultdict

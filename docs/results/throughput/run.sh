@@ -18,7 +18,7 @@ r4() {  # NAME KIND FLAGS...: validate --reuse 4 against the stored exact sample
     local name=$1 kind=$2; shift 2
     local lab=""; [ "$kind" = cond ] && lab="--label all"
     cp "$OUT/exact-${kind}20.h5" "$OUT/ex-$kind-$name.h5"
-    OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate indexes/fmnist-bbels.h5 -s fashion-mnist-resnet-zeros \
+    OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB patchdb validate "$INDEX" -s fashion-mnist-resnet-zeros \
         --seed 0 --seeds 20 -b 20 --min-r2 0 --scan-cap 0.5 --reuse 4 --force $lab "$@" \
         --exact-samples "$OUT/ex-$kind-$name.h5" --json-out "$OUT/validate-r4-$name-$kind.json"
 }
@@ -34,6 +34,36 @@ wait
 env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index indexes/fmnist-bbels.h5 \
     --num 128 --workers 2 --batch 64 --extra "--scan-cap 0.5 --reuse 4 --sample-above 0.65 --sample-size 4096" \
     --out "$OUT/scale-w2-b64-dec7-sa065-ss4096.json"
+# --- 2026-12-07 (late): today's engine on a fresh Fashion-MNIST index; seconds per sample against batch ---------
+# The index as rebuilt for this section: only the searched sizes (3-11; 26:29 with 2 threads, 6.0 GiB, 11.4 GB).
+# (Step 1 above builds every size instead; the engine and the figures are the same for these settings.)
+INDEX65=indexes/fmnist-bbels-sa065.h5
+[ -f "$INDEX65" ] || OMP_NUM_THREADS=2 patchdb build --dataset fashion-mnist --root "$DATA/fashion-mnist" --machine bbels \
+    --scales fashion-mnist-resnet-zeros --sample-above 0.65 --memory 8GiB --out "$INDEX65"
+# N = 10,000: the first 10,000 training images, the same build (7:04 with one thread, 1.7 GiB, 1.9 GB).
+INDEX10K="$OUT/fm10k-sa065.h5"
+[ -f "$INDEX10K" ] || OMP_NUM_THREADS=1 patchdb build --dataset fashion-mnist --root "$DATA/fashion-mnist" --limit 10000 \
+    --machine bbels --scales fashion-mnist-resnet-zeros --sample-above 0.65 --threads 1 --out "$INDEX10K"
+# Accuracy against the 20 + 20 stored exact samples (~8 min each, side by side): validate-r4-dec7late-*.json
+INDEX="$INDEX65" r4 dec7late uncond --sample-above 0.65 --sample-size 4096 &
+INDEX="$INDEX65" r4 dec7late cond --sample-above 0.65 --sample-size 4096 & wait
+# Two one-thread workers at batch 64, two batches each (256 samples; ~27 min): scale-w2-b64-n256-dec7late.json
+env OMP_NUM_THREADS=1 PATCHDB_INDEX_MEMORY=4GiB python benchmarks/scale.py measure --threads 1 --index "$INDEX65" \
+    --num 256 --workers 2 --batch 64 --extra "--scan-cap 0.5 --reuse 4 --sample-above 0.65 --sample-size 4096" \
+    --out "$OUT/scale-w2-b64-n256-dec7late.json"
+# The table: seconds per sample against batch, each part of the approximate engine's time, one thread per
+# process, two processes side by side (~30 min each): the exact engine timed on sizes 3, 9 and 17 (one call each
+# at the middle step of the size, times its steps) at batch 1 and 16 (N = 10,000) and batch 1 (N = 60,000), and
+# on size 9 at batch 64 (N = 10,000; 17 min). One exact call at N = 60,000 and batch 64 would take ~90 min.
+ACC='accurate={"reuse": 4, "sample_above": 0.65, "sample_size": 4096}'
+TP="env OMP_NUM_THREADS=1 python benchmarks/throughput.py --no-baseline --memory-gib 4 --setting"
+{ $TP "$ACC" "$INDEX10K" --batch 64 --exact-sizes 9 --exact-batches 64 > "$OUT/table-dec7late-10k-b64.txt"
+  $TP "$ACC" "$INDEX65" --batch 64 --exact-sizes none > "$OUT/table-dec7late-60k-b64.txt"; } &
+$TP "$ACC" "$INDEX10K" --batch 1 --batch 16 --batch 64 --batch 256 --exact-sizes 3,9,17 --exact-batches 1,16 \
+    > "$OUT/table-dec7late-10k.txt"
+$TP "$ACC" "$INDEX65" --batch 1 --batch 16 --exact-sizes 3,9,17 --exact-batches 1 > "$OUT/table-dec7late-60k.txt"
+wait
+
 # --- N = 60,000 (the night section): list-major search (the default since), streamed loads -------------
 # Uses the index and the merged exact samples of the afternoon section's steps 1 and 2 (above). Accuracy,
 # ~9 min each with one thread (the conditional run was made before calls with few queries per list went
