@@ -63,6 +63,8 @@ $TP "$ACC" "$INDEX10K" --batch 1 --batch 16 --batch 64 --batch 256 --exact-sizes
     > "$OUT/table-dec7late-10k.txt"
 $TP "$ACC" "$INDEX65" --batch 1 --batch 16 --exact-sizes 3,9,17 --exact-batches 1 > "$OUT/table-dec7late-60k.txt"
 wait
+# N = 60,000, batch 16, the exact engine on size 9 in the same run (~25 min alone): table-dec7late-60k-b16-k9.txt
+$TP "$ACC" "$INDEX65" --batch 16 --exact-sizes 9 --exact-batches 16 > "$OUT/table-dec7late-60k-b16-k9.txt"
 
 # --- N = 60,000 (the night section): list-major search (the default since), streamed loads -------------
 # Uses the index and the merged exact samples of the afternoon section's steps 1 and 2 (above). Accuracy,
