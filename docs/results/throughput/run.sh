@@ -65,6 +65,12 @@ $TP "$ACC" "$INDEX65" --batch 1 --batch 16 --exact-sizes 3,9,17 --exact-batches 
 wait
 # N = 60,000, batch 16, the exact engine on size 9 in the same run (~25 min alone): table-dec7late-60k-b16-k9.txt
 $TP "$ACC" "$INDEX65" --batch 16 --exact-sizes 9 --exact-batches 16 > "$OUT/table-dec7late-60k-b16-k9.txt"
+# --- 2026-12-07 (midday): the exact engine at batch 64 (N = 60,000) and 256 (N = 10,000) -------------------
+# One exact call of size 9 each, side by side (1:46 and 1:21 wall); then the approximate engine at
+# N = 60,000 and batch 256 (~55 min; for the figures it started when the N = 10,000 run ended): table-dec7b-*.txt
+$TP "$ACC" "$INDEX65" --batch 64 --exact-sizes 9 --exact-batches 64 > "$OUT/table-dec7b-60k-b64-k9.txt" &
+$TP "$ACC" "$INDEX10K" --batch 256 --exact-sizes 9 --exact-batches 256 > "$OUT/table-dec7b-10k-b256-k9.txt" & wait
+$TP "$ACC" "$INDEX65" --batch 256 --exact-sizes none > "$OUT/table-dec7b-60k-b256.txt"
 
 # --- N = 60,000 (the night section): list-major search (the default since), streamed loads -------------
 # Uses the index and the merged exact samples of the afternoon section's steps 1 and 2 (above). Accuracy,
