@@ -71,11 +71,6 @@ class _Split:
             self.per_size[kwargs.get("k", args[2] if len(args) > 2 else None)] += sec
 
         engine.denoise = _timed(engine.denoise, per_size)
-        index_file = engine.file
-        if not hasattr(index_file, "_timed_loads"):  # one file, several engines: time its loads once
-            index_file.index = _timed(index_file.index,
-                                      lambda sec, args, kw: _RUNNING[0] is not None and _RUNNING[0]._add("loads", sec))
-            index_file._timed_loads = True
 
     def _add(self, part: str, seconds: float) -> None:
         self.spent[part] += seconds
@@ -93,11 +88,17 @@ def _install_search_timer() -> None:
     if retrieval_module.search_ids is not _SEARCH_IDS:
         return
 
+    retrieval_module.search_ids = _timed(_SEARCH_IDS, _charge_running("search"))
+
+
+def _charge_running(part: str):
+    """A ``charge`` for :func:`_timed` that adds the call's seconds to ``part`` of the running engine's split."""
+
     def charge(sec, args, kwargs):
         if _RUNNING[0] is not None:
-            _RUNNING[0].spent["search"] += sec
+            _RUNNING[0]._add(part, sec)
 
-    retrieval_module.search_ids = _timed(_SEARCH_IDS, charge)
+    return charge
 
 
 def _timed(fn, charge):
@@ -194,6 +195,7 @@ def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap,
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in files:
         with open_index(path) as f:
+            f.index = _timed(f.index, _charge_running("loads"))  # sub-index reads, shared by the file's engines
             # No budget: every size's indexes stay loaded (prepare() before timing); with one, the sizes
             # are reloaded within each sample as under a sampler's budget (the ``loads`` column).
             f.cache_bytes = None if memory_gib is None else int(memory_gib * 2**30)
