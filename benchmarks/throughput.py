@@ -174,7 +174,7 @@ def _exact_time(f, sched, batch: int, sizes: list[int]) -> dict[int, float]:
 @click.option("--setting", "named", multiple=True,
               help="NAME=JSON of Retrieval knobs, e.g. 'carry={\"reuse\": 4, \"across\": true, \"refresh\": 0.125}' "
                    "(--scan-cap applies unless the JSON sets it); replaces --reuse, repeatable, they take turns.")
-@click.option("--memory-gib", type=float, default=None,
+@click.option("--memory-gib", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Index memory budget (GiB) while sampling, as PATCHDB_INDEX_MEMORY; default: no limit.")
 def main(files, schedule, batches, exact_sizes, exact_batches, repeat, scan_cap, reuse, baseline, named, memory_gib):
     """Seconds per sample against batch size, exact vs approximate, with the split of the approximate time."""
